@@ -1,0 +1,25 @@
+"""Shared pytest setup: offline hub, a private OPEN_FORGETTING_HOME, and a guard that fails any network access."""
+import os, socket, tempfile
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+os.environ['OPEN_FORGETTING_HOME'] = tempfile.mkdtemp(prefix='open_forgetting_test_home_')
+
+import pytest
+
+_real_connect = socket.socket.connect
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host.startswith('127.') or host in ('localhost', '::1') or self.family == socket.AF_UNIX):
+        return _real_connect(self, address)
+    raise RuntimeError(f'open_forgetting tests must not touch the network (tried to connect to {address!r}).')
+
+socket.socket.connect = _guarded_connect
+
+@pytest.fixture(scope='session')
+def tiny():
+    "A tiny SD-architecture model built offline (shared by the session: treat as read-only)."
+    from open_forgetting.models import tiny_components
+    return tiny_components(seed=0)

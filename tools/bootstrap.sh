@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create the project-local virtual environment and install open_forgetting (editable, dev extras)
+# against the tested pins in constraints.txt. Prefers uv (fast); falls back to pip.
+# The pins also dodge the local torch 2.13.0+cpu find-links trap (../shared/STUDY.md §7): uv does not
+# read pip's find-links, and the constraint torch==<tested> keeps pip from picking that wheel.
+set -euo pipefail
+VENV=${1:-.venv}
+PYTHON=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+
+if ! command -v uv >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q uv || echo "bootstrap: uv unavailable, using pip"
+fi
+if command -v uv >/dev/null 2>&1; then
+  [ -x "$VENV/bin/python" ] || uv venv -q -p "$PYTHON" "$VENV"
+  uv pip install -q -p "$VENV/bin/python" -c constraints.txt -e '.[dev]'
+else
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[dev]'
+fi
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+"$VENV/bin/python" - <<'PY'
+import torch, torchvision  # fails loudly on a mismatched pair (STUDY §7)
+import open_forgetting
+print(f"bootstrap: open_forgetting {open_forgetting.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+PY
