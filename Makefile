@@ -22,9 +22,9 @@ lib: venv  ## export notebooks -> open_forgetting/ and strip notebook outputs
 check-sync: venv  ## fail when notebooks and library are out of sync, or notebooks carry outputs
 	$(PY) tools/check_sync.py
 
-test: venv check-sync  ## the whole test suite: notebook tests + pytest
-	$(VENV)/bin/nbdev_test --n_workers $(NPROC) --do_print --timing
-	$(PY) -m pytest -n $(NPROC) -q tests
+test: venv check-sync  ## the whole test suite: notebook tests + pytest (one thread per worker: 2 workers on 2 cores)
+	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers $(NPROC) --do_print --timing
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) -q tests
 
 demo: venv  ## the main job: the full study on the embedded miniature world
 	$(VENV)/bin/open-forgetting demo

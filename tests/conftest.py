@@ -4,6 +4,9 @@ import os, socket, tempfile
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+# one torch thread per test process: pytest-xdist runs one worker per core, and oversubscribed threads make small
+# tensor ops 10-100x slower
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ['OPEN_FORGETTING_HOME'] = tempfile.mkdtemp(prefix='open_forgetting_test_home_')
 
 import pytest
