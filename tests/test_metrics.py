@@ -9,7 +9,7 @@ from open_forgetting.features import (DinoEncoder, EncoderFeatures, ImageTextEnc
 from open_forgetting.generate import GenerationSettings, generate, load_images, save_png
 from open_forgetting.metrics import (bin_centres, chroma_histogram, chromaticity, chromaticity_coords, clip_i_curves,
                                      clip_image_similarity, clip_t_conventions, color_drift, color_drift_index, diversity,
-                                     emd, fidelity, grayscale_u8, histogram_distance, hellinger, js_distance, kid, kid_table,
+                                     emd, fidelity, rgb_to_ab, grayscale_u8, histogram_distance, hellinger, js_distance, kid, kid_table,
                                      lpips_available, mean_pairwise_cosine_distance, mean_pairwise_lpips, pair_manifest,
                                      texture_drift, texture_features, texture_table, vendi_score)
 from open_forgetting.models import ModelNotAvailableError, tiny_components
@@ -74,6 +74,18 @@ def test_cdi_ignores_brightness_and_drops_black_pixels():
     px = torch.tensor([0.6, 0.3, 0.3]).view(1, 3, 1, 1)
     assert torch.allclose(chromaticity_coords(px), torch.tensor([[0.5, 0.25]]))
     assert chromaticity_coords(torch.full((1, 3, 1, 1), 0.04)).shape == (0, 2)
+
+
+def test_ab_conversion_matches_skimage_and_histograms_match_histogramdd():
+    from skimage.color import rgb2lab
+    x = torch.rand(2, 3, 11, 13, generator=torch.Generator().manual_seed(4))
+    x[0, :, 0, 0] = 1.0; x[0, :, 0, 1] = 0.0; x[1, :, 2, 2] = torch.tensor([1.0, 0.0, 0.0])   # white, black, pure red
+    ref = torch.from_numpy(rgb2lab(x.permute(0, 2, 3, 1).double().numpy())[..., 1:]).float()
+    torch.testing.assert_close(rgb_to_ab(x).permute(0, 2, 3, 1), ref, atol=2e-3, rtol=0)
+    for space, (lo, hi) in (('rg', (0.0, 1.0)), ('ab', (-128.0, 128.0))):
+        c = chromaticity_coords(x, space).double()
+        h = torch.histogramdd(c, bins=[32, 32], range=[lo, hi, lo, hi]).hist
+        torch.testing.assert_close(chroma_histogram(x, space), h / h.sum())
 
 
 def test_cdi_streams_uint8_and_files_identically(tmp_path):
@@ -221,6 +233,7 @@ def test_pairing_errors(manifest):
     with pytest.raises(ValueError, match="'sd15'"): pair_manifest(manifest, base='sd15')
     with pytest.raises(ValueError, match='disjoint'): pair_manifest(manifest, control_seeds=[2, 3, 4])
     with pytest.raises(ValueError, match='columns'): pair_manifest(manifest.drop(columns='path'))
+    with pytest.raises(ValueError, match='several images'): pair_manifest(pd.concat([manifest, manifest.iloc[:1]]))
     with pytest.warns(UserWarning, match='control'):
         pair_manifest(manifest[manifest.seed <= 2])
 
