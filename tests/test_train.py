@@ -241,16 +241,20 @@ def test_validation_images(small, concept, prompt_file, tmp_path):
 
 # ---- plug-in methods
 class _ConvOutOnly(CustomizationMethod):
-    "A toy plug-in: only the UNet's output convolution trains."
+    "A toy plug-in: only the UNet's output convolution trains, with its own extra loss term and start hook."
     defaults = dict(learning_rate=1e-2)
+    started = 0
     def prepare(self, components, concept):
         components.unet.requires_grad_(False); components.unet.conv_out.requires_grad_(True)
+    def on_train_start(self, trainer): type(self).started += 1
+    def extra_loss_terms(self, trainer): return {'l2': 1e-3 * trainer.student.unet.conv_out.weight.pow(2).sum()}
 
 def test_registered_plugin_method_trains_and_reloads(small, concept, prompt_file, tmp_path):
     register_method('conv_out_only', _ConvOutOnly)
     c = cfg('conv_out_only', prompt_file=prompt_file)
     assert c.learning_rate == 1e-3 and variant_config('conv_out_only').learning_rate == 1e-2
     run = customize(small, concept, c, tmp_path)
+    assert _ConvOutOnly.started == 1 and 'l2' in (Path(run) / 'history.csv').read_text().splitlines()[0]
     loaded = load_customized(small, run)
     sd0, sd1 = small.unet.state_dict(), loaded.unet.state_dict()
     assert {k for k in sd0 if not torch.equal(sd0[k], sd1[k])} == {'conv_out.weight', 'conv_out.bias'}
