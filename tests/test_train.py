@@ -172,6 +172,7 @@ def test_saved_parameters_reload_to_identical_outputs(small, concept, prompt_fil
     with torch.no_grad():
         assert torch.equal(tr.student.unet(z, t, e_student).sample, loaded.unet(z, t, e_loaded).sample)
     # only the trained parameters are saved, with the configuration and the base fingerprint
+    assert sorted(p.name for p in Path(run).iterdir()) == ['history.csv', 'run.json', 'trained.safetensors']
     info = json.loads((Path(run) / 'run.json').read_text())
     assert info['base_fingerprint'] == small.fingerprint() and info['config']['method'] == method
     from safetensors.torch import load_file
@@ -204,6 +205,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(small, concept, prompt_f
     with pytest.raises(NonFiniteLossError, match=r'step 3 .*Last good checkpoint: .*step_000002'):
         customize(small, concept, c, tmp_path)
     assert not (tmp_path / 'trained.safetensors').exists()
+    assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] == ['step_000002']
     from safetensors.torch import load_file
     last = load_file(tmp_path / 'checkpoints' / 'step_000002' / 'trainable.safetensors')
     assert all(torch.isfinite(v).all() for v in last.values())
