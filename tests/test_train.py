@@ -300,3 +300,10 @@ def test_dreambench_table():
     s = dreambench_subjects()
     assert len(s) == 30 and sum(k == 'live' for _, k in s.values()) == 9
     assert s['rc_car'] == ('toy', 'object') and s['pink_sunglasses'][0] == 'glasses'
+
+
+def test_v_prediction_model_with_min_snr_weighting(concept, prompt_file, tmp_path):
+    v_model = tiny_components(seed=0, channels=(8, 16), text_dim=16, norm_num_groups=4, prediction_type='v_prediction')
+    tr = Trainer(v_model, concept, cfg('lora', prompt_file=prompt_file, snr_gamma=5.0), tmp_path)
+    out = tr.train_step()
+    assert all(np.isfinite(v) for v in out.values()) and out['dc'] < 1e-10
