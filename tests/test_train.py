@@ -1,0 +1,309 @@
+"""Tests of open_forgetting.train on tiny models: parameter isolation per method, DC in the loop, resume, reload, guards, data errors."""
+import copy, dataclasses, json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import open_forgetting.train as T
+from open_forgetting.models import tiny_components, encode_prompts
+from open_forgetting.train import (ConceptSpec, TrainConfig, Trainer, CustomizationMethod, register_method, variant_config,
+                                   customize, load_customized, load_concept, instance_image_files, dreambench_subjects,
+                                   BaseModelMismatchError, NonFiniteLossError, VARIANTS)
+
+METHODS3 = ('dreambooth', 'custom_diffusion', 'lora')
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1)   # tiny models: avoid oversubscription on shared CPUs
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope='module')
+def small():
+    return tiny_components(seed=0, channels=(8, 16), text_dim=16, norm_num_groups=4)
+
+def _images(folder, n=3, size=(40, 48), seed=0):
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n): Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f'{i:02d}.png')
+    return folder
+
+@pytest.fixture(scope='module')
+def concept(tmp_path_factory):
+    return load_concept(_images(tmp_path_factory.mktemp('concept') / 'toy_subject'), class_noun='toy')
+
+@pytest.fixture(scope='module')
+def prompt_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp('prompts') / 'pool.txt'; p.write_text('a photo of\na blurry photo of\n\n')
+    return str(p)
+
+def cfg(method, variant='dc', prompt_file=None, **kw):
+    base = dict(max_steps=3, num_class_images=2, class_sampling_steps=2, dc_n_reg=2, progress=False, learning_rate=1e-3,
+                dc_prompt_file=prompt_file)
+    base.update(kw)
+    return variant_config(method, variant, **base)
+
+def _norm(name):
+    "Name of a student parameter in the base model (peft's base_layer, our extended token embedding)."
+    return name.replace('.base_layer', '').replace('token_embedding.base.', 'token_embedding.')
+
+def _untouched(base, student, trainable):
+    "(name, bitwise equal to the base) for every student tensor that is not trained."
+    base_sd = {f'{p}.{n}': t for p in ('unet', 'text_encoder') for n, t in getattr(base, p).state_dict().items()}
+    out = []
+    for prefix in ('unet', 'text_encoder'):
+        for n, t in getattr(student, prefix).state_dict().items():
+            key = f'{prefix}.{n}'
+            if key not in trainable: out.append((key, torch.equal(t, base_sd[_norm(key)])))
+    return out
+
+
+# ---- every method changes exactly its parameters
+@pytest.mark.parametrize('method', METHODS3)
+def test_method_changes_only_its_parameters(small, concept, prompt_file, tmp_path, method):
+    fp = small.fingerprint()
+    tr = Trainer(small, concept, cfg(method, prompt_file=prompt_file), tmp_path)
+    initial = {k: v.detach().clone() for k, v in tr.params.items()}
+    tr.run()
+    trained = tr.params
+    # what trains: DreamBooth the whole UNet, CD attn2 K/V + the new token row, LoRA the adapters only
+    keys = set(trained)
+    if method == 'dreambooth': assert keys == {f'unet.{n}' for n, _ in small.unet.named_parameters()}
+    if method == 'custom_diffusion':
+        assert keys == {k for k in keys if '.attn2.to_k.' in k or '.attn2.to_v.' in k} | {'text_encoder.embeddings.token_embedding.new_rows'}
+        assert 'text_encoder.embeddings.token_embedding.new_rows' in keys
+    if method == 'lora': assert keys and all('lora_' in k for k in keys)
+    unchanged = [k for k in keys if torch.equal(initial[k], trained[k].detach())]
+    assert not unchanged, unchanged
+    # everything else bitwise unchanged, and the caller's base model untouched
+    for key, same in _untouched(small, tr.student, trained): assert same, key
+    assert small.fingerprint() == fp
+
+def test_dreambooth_text_encoder_option(small, concept, prompt_file, tmp_path):
+    tr = Trainer(small, concept, cfg('dreambooth', train_text_encoder=True, prompt_file=prompt_file), tmp_path)
+    assert tr.text_mode == 'all' and any(k.startswith('text_encoder.') for k in tr.params)
+    tr.run()
+    te0 = small.text_encoder.state_dict()
+    assert any(not torch.equal(t, te0[n]) for n, t in tr.student.text_encoder.state_dict().items())
+
+def test_custom_diffusion_keeps_old_token_rows(small, concept, prompt_file, tmp_path):
+    run = customize(small, concept, cfg('custom_diffusion', prompt_file=prompt_file), tmp_path)
+    cd = load_customized(small, run)
+    old = small.text_encoder.get_input_embeddings().weight
+    new = cd.text_encoder.get_input_embeddings().weight
+    assert new.shape[0] == old.shape[0] + 1 and torch.equal(new[:-1], old)
+    assert cd.tokenizer.convert_tokens_to_ids('<new1>') == old.shape[0]
+    assert len(small.tokenizer) == old.shape[0]              # the caller's tokenizer did not grow
+
+
+# ---- DC inside the loop
+def test_dc_term_is_zero_at_the_start_of_lora(small, concept, prompt_file, tmp_path):
+    "LoRA starts at the base model (lora_B = 0): exactly zero with a separate student pass, ~0 in the fused pass."
+    tr = Trainer(small, concept, cfg('lora', prompt_file=prompt_file, dc_fused=False), tmp_path / 'a')
+    assert tr.teacher is small.unet                          # no copy when the base already is in the training dtype
+    out = tr.train_step()
+    assert out['dc'] == 0.0 and out['inst'] > 0
+    fused = Trainer(small, concept, cfg('lora', prompt_file=prompt_file), tmp_path / 'b').train_step()
+    assert fused['dc'] < 1e-10 * fused['inst']
+    assert fused['inst'] == pytest.approx(out['inst'], rel=1e-5)
+
+@pytest.mark.parametrize('latents,prompts', [('batch', 'generic'), ('prior', 'class'), ('noise', 'empty'), ('replay', 'generic')])
+def test_dc_sources(small, concept, prompt_file, tmp_path, latents, prompts):
+    tr = Trainer(small, concept, cfg('lora', 'dc_pr', prompt_file=prompt_file, dc_latents=latents, dc_prompts=prompts,
+                                     dc_replay_images=3), tmp_path)
+    out = tr.train_step()
+    assert np.isfinite(out['dc']) and 'prior' not in out
+    assert (tr.class_data is not None) == (latents == 'prior')   # dc_pr generates class images only when DC needs them
+    assert len(tr.reg_embeds) == {'generic': 2, 'class': 1, 'empty': 1}[prompts]
+
+def test_prompts_are_encoded_once(small, concept, prompt_file, tmp_path, monkeypatch):
+    tr = Trainer(small, concept, cfg('lora', prompt_file=prompt_file), tmp_path)
+    calls = []
+    monkeypatch.setattr(small.text_encoder, 'forward', lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(tr.text_encoder, 'forward', lambda *a, **k: calls.append(1))
+    tr.train_step(); tr.train_step()
+    assert calls == []
+
+
+# ---- class images: cached and shared by every method and variant
+def test_class_images_are_shared(small, concept, prompt_file, tmp_path, monkeypatch):
+    Trainer(small, concept, cfg('dreambooth', 'plain', prompt_file=prompt_file), tmp_path / 'a')
+    monkeypatch.setattr(T, '_sample', lambda *a, **k: pytest.fail('class images were generated again'))
+    for m in METHODS3: Trainer(small, concept, cfg(m, 'dc', prompt_file=prompt_file), tmp_path / m)
+
+
+# ---- resume, reload, base mismatch
+class _Stop(Exception): pass
+
+@pytest.mark.parametrize('method', METHODS3)
+def test_resume_equals_uninterrupted_run(small, concept, prompt_file, tmp_path, monkeypatch, method):
+    c = cfg(method, prompt_file=prompt_file, max_steps=4, hflip=True)
+    full = customize(small, concept, c, tmp_path / 'full')
+    real_step = Trainer.train_step
+    def interrupted(self):
+        if self.step == 3: raise _Stop
+        return real_step(self)
+    monkeypatch.setattr(Trainer, 'train_step', interrupted)
+    with pytest.raises(_Stop): customize(small, concept, c, tmp_path / 'resumed', checkpoint_every=2)
+    assert [p.name for p in (tmp_path / 'resumed' / 'checkpoints').iterdir()] == ['step_000002']
+    torch.manual_seed(1234); np.random.seed(99)                       # resume must not depend on the process state
+    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    resumed = customize(small, concept, c, tmp_path / 'resumed', checkpoint_every=2)
+    from safetensors.torch import load_file        # (compare tensors: safetensors' header order is not deterministic)
+    a, b = load_file(Path(full) / 'trained.safetensors'), load_file(Path(resumed) / 'trained.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (Path(full) / 'history.csv').read_text() == (Path(resumed) / 'history.csv').read_text()
+
+@pytest.mark.parametrize('method', METHODS3)
+def test_saved_parameters_reload_to_identical_outputs(small, concept, prompt_file, tmp_path, method):
+    tr = Trainer(small, concept, cfg(method, prompt_file=prompt_file), tmp_path)
+    run = tr.run()
+    loaded = load_customized(small, run)
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 700])
+    prompts = [tr.instance_prompt, 'a photo of']
+    e_student, e_loaded = encode_prompts(tr.student, prompts), encode_prompts(loaded, prompts)
+    assert torch.equal(e_student, e_loaded)
+    tr.student.unet.eval()
+    with torch.no_grad():
+        assert torch.equal(tr.student.unet(z, t, e_student).sample, loaded.unet(z, t, e_loaded).sample)
+    # only the trained parameters are saved, with the configuration and the base fingerprint
+    assert sorted(p.name for p in Path(run).iterdir()) == ['history.csv', 'run.json', 'trained.safetensors']
+    info = json.loads((Path(run) / 'run.json').read_text())
+    assert info['base_fingerprint'] == small.fingerprint() and info['config']['method'] == method
+    from safetensors.torch import load_file
+    assert set(load_file(Path(run) / 'trained.safetensors')) == set(tr.params)
+
+def test_mismatched_base_is_refused(small, concept, prompt_file, tmp_path):
+    run = customize(small, concept, cfg('lora', 'plain', prompt_file=prompt_file, max_steps=1), tmp_path)
+    other = tiny_components(seed=1, channels=(8, 16), text_dim=16, norm_num_groups=4)
+    with pytest.raises(BaseModelMismatchError, match='was trained from base model'): load_customized(other, run)
+    with pytest.raises(FileNotFoundError, match='not a finished run'): load_customized(small, tmp_path / 'nothing')
+
+def test_finished_run_is_reused_and_a_different_one_refused(small, concept, prompt_file, tmp_path, monkeypatch):
+    c = cfg('lora', 'plain', prompt_file=prompt_file, max_steps=1)
+    run = customize(small, concept, c, tmp_path)
+    monkeypatch.setattr(Trainer, 'run', lambda self: pytest.fail('trained again'))
+    assert customize(small, concept, c, tmp_path) == run
+    with pytest.raises(FileExistsError, match='different finished run'): customize(small, concept, c, tmp_path, max_steps=2)
+
+
+# ---- guards
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(small, concept, prompt_file, tmp_path, monkeypatch):
+    calls = {'n': 0}
+    real = T.denoising_loss
+    def poisoned(*a, **k):
+        calls['n'] += 1
+        out = real(*a, **k)
+        return out * float('nan') if calls['n'] == 3 else out
+    monkeypatch.setattr(T, 'denoising_loss', poisoned)
+    c = cfg('lora', 'dc_pr', prompt_file=prompt_file, max_steps=5, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r'step 3 .*Last good checkpoint: .*step_000002'):
+        customize(small, concept, c, tmp_path)
+    assert not (tmp_path / 'trained.safetensors').exists()
+    assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] == ['step_000002']
+    from safetensors.torch import load_file
+    last = load_file(tmp_path / 'checkpoints' / 'step_000002' / 'trainable.safetensors')
+    assert all(torch.isfinite(v).all() for v in last.values())
+
+def test_eight_bit_adam_needs_bitsandbytes(small, concept, prompt_file, tmp_path):
+    try: import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match='bitsandbytes'):
+            Trainer(small, concept, cfg('lora', prompt_file=prompt_file, use_8bit_adam=True), tmp_path)
+    else: pytest.skip('bitsandbytes is installed')
+
+
+# ---- engineering options
+def test_bf16_mixed_precision_keeps_trainable_fp32_and_teacher_bf16(small, concept, prompt_file, tmp_path):
+    tr = Trainer(small, concept, cfg('lora', prompt_file=prompt_file, mixed_precision='bf16'), tmp_path)
+    assert all(p.dtype == torch.float32 for p in tr.params.values())
+    assert next(tr.teacher.parameters()).dtype == torch.bfloat16
+    assert tr.student.unet.conv_in.weight.dtype == torch.bfloat16        # frozen student weights in the training dtype
+    assert np.isfinite(tr.train_step()['loss'])
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)                  # leave no bf16 accelerate state to later tests in this process
+
+def test_gradient_checkpointing_gives_the_same_update(small, concept, prompt_file, tmp_path):
+    outs = []
+    for gc in (False, True):
+        tr = Trainer(small, concept, cfg('lora', prompt_file=prompt_file, gradient_checkpointing=gc), tmp_path / str(gc))
+        tr.train_step(); outs.append({k: v.detach().clone() for k, v in tr.params.items()})
+    for k in outs[0]: torch.testing.assert_close(outs[0][k], outs[1][k])
+
+def test_validation_images(small, concept, prompt_file, tmp_path):
+    run = customize(small, concept, cfg('lora', 'plain', prompt_file=prompt_file, max_steps=2, validation_every=2,
+                                        validation_steps=2, validation_prompts=('a photo of {token} {class_noun}', 'a photo of')),
+                    tmp_path)
+    png = Path(run) / 'validation' / 'step_000002.png'
+    assert png.exists() and Image.open(png).size == (2 * 32 + 3 * 2, 32 + 2 * 2)   # make_grid padding 2
+
+
+# ---- plug-in methods
+class _ConvOutOnly(CustomizationMethod):
+    "A toy plug-in: only the UNet's output convolution trains, with its own extra loss term and start hook."
+    defaults = dict(learning_rate=1e-2)
+    started = 0
+    def prepare(self, components, concept):
+        components.unet.requires_grad_(False); components.unet.conv_out.requires_grad_(True)
+    def on_train_start(self, trainer): type(self).started += 1
+    def extra_loss_terms(self, trainer): return {'l2': 1e-3 * trainer.student.unet.conv_out.weight.pow(2).sum()}
+
+def test_registered_plugin_method_trains_and_reloads(small, concept, prompt_file, tmp_path):
+    register_method('conv_out_only', _ConvOutOnly)
+    c = cfg('conv_out_only', prompt_file=prompt_file)
+    assert c.learning_rate == 1e-3 and variant_config('conv_out_only').learning_rate == 1e-2
+    run = customize(small, concept, c, tmp_path)
+    assert _ConvOutOnly.started == 1 and 'l2' in (Path(run) / 'history.csv').read_text().splitlines()[0]
+    loaded = load_customized(small, run)
+    sd0, sd1 = small.unet.state_dict(), loaded.unet.state_dict()
+    assert {k for k in sd0 if not torch.equal(sd0[k], sd1[k])} == {'conv_out.weight', 'conv_out.bias'}
+    with pytest.raises(TypeError, match='CustomizationMethod subclass'): register_method('bad', object)
+    T.METHODS.pop('conv_out_only')
+
+
+# ---- configs and data
+def test_variants():
+    for m in METHODS3:
+        plain, dc, dcpr = (variant_config(m, v) for v in VARIANTS)
+        assert (plain.lambda_dc, plain.lambda_pr) == (0.0, 1.0) and plain.needs_class_images
+        assert dc.lambda_dc > 0 and dc.lambda_pr == 1.0
+        assert dcpr.lambda_dc > 0 and dcpr.lambda_pr == 0 and not dcpr.needs_class_images
+    assert variant_config('custom_diffusion').hflip and variant_config('lora').learning_rate == 1e-4
+    with pytest.raises(ValueError, match='variant'): variant_config('lora', 'dc-pr')
+    with pytest.raises(TypeError, match='Unknown TrainConfig field'): variant_config('lora', steps=3)
+    with pytest.raises(ValueError, match='mixed_precision'): TrainConfig(mixed_precision='fp8')
+
+def test_instance_data_errors(tmp_path, small):
+    with pytest.raises(FileNotFoundError, match='does not exist'): load_concept(tmp_path / 'missing', 'dog')
+    f = _images(tmp_path / 'dog_x', n=1)
+    with pytest.raises(ValueError, match=r'holds 1 image\(s\)'): load_concept(f, 'dog')
+    _images(f, n=3)
+    (f / 'caption.txt').write_text('a dog')
+    with pytest.raises(ValueError, match='caption.txt'): load_concept(f, 'dog')
+    (f / 'caption.txt').unlink(); (f / 'truncated.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+    with pytest.raises(ValueError, match='truncated.png'): load_concept(f, 'dog')
+    (f / 'truncated.png').unlink(); (f / '.DS_Store').write_bytes(b'junk')
+    assert len(instance_image_files(f)) == 3                  # hidden files are ignored
+    with pytest.raises(ValueError, match='pass class_noun'): load_concept(f)
+    with pytest.raises(TypeError, match='class_noun'): ConceptSpec('x', None)
+    with pytest.raises(ValueError, match='instance_dir'): Trainer(small, ConceptSpec('x', 'dog'), TrainConfig(), tmp_path)
+    with pytest.raises(TypeError, match='ConceptSpec'): Trainer(small, {'name': 'x'}, TrainConfig(), tmp_path)
+    c = load_concept(_images(tmp_path / 'dog6'))              # a DreamBench subject name: class and kind looked up
+    assert (c.class_noun, c.kind) == ('dog', 'live')
+
+def test_dreambench_table():
+    s = dreambench_subjects()
+    assert len(s) == 30 and sum(k == 'live' for _, k in s.values()) == 9
+    assert s['rc_car'] == ('toy', 'object') and s['pink_sunglasses'][0] == 'glasses'
+
+
+def test_v_prediction_model_with_min_snr_weighting(concept, prompt_file, tmp_path):
+    v_model = tiny_components(seed=0, channels=(8, 16), text_dim=16, norm_num_groups=4, prediction_type='v_prediction')
+    tr = Trainer(v_model, concept, cfg('lora', prompt_file=prompt_file, snr_gamma=5.0), tmp_path)
+    out = tr.train_step()
+    assert all(np.isfinite(v) for v in out.values()) and out['dc'] < 1e-10
