@@ -9,8 +9,8 @@ import torch
 from open_forgetting.core import model_fingerprint
 from open_forgetting.models import Components, encode_prompts, tiny_components
 from open_forgetting.hypermod import (HYPERMOD_CONFIG, HYPERMOD_WEIGHTS, HyperModConfig, HyperModulator, SelfInitConfig,
-                                      attach_hypermod, hypermod_settings, load_hypermod, measure_mismatch, save_hypermod,
-                                      select_layers, self_initialize)
+                                      attach_hypermod, count_hypermod_parameters, hypermod_settings, load_hypermod,
+                                      save_hypermod, select_layers, self_initialize)
 
 
 @pytest.fixture(autouse=True)
@@ -195,6 +195,24 @@ def test_errors(comps):
         HyperModConfig(init='zeros')
     with pytest.raises(ValueError, match='embedding shape'):
         with hm.use_embedding(torch.zeros(3)): pass
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(rank=3, hidden_dim=7, modulate_bias=False, target_modules=('to_k', 'conv2'))])
+def test_parameter_count_from_shapes_matches_the_module(comps, kw):
+    cfg = HyperModConfig(**kw)
+    hm = HyperModulator(comps.unet, cfg)
+    assert count_hypermod_parameters(comps.unet, cfg) == hm.num_parameters()
+    assert hm.num_parameters()['total'] == sum(p.numel() for p in hm.parameters())
+
+
+def test_modulation_is_computed_outside_autocast(comps):
+    hm = attach_hypermod(comps.unet)
+    name = hm.layer_names[0]
+    module = comps.unet.get_submodule(name)
+    w, b = hm.modulated_parameters(name, module)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        w16, b16 = hm.modulated_parameters(name, module)
+    assert w16.dtype == module.weight.dtype and torch.equal(w16, w)
 
 
 def test_hypermod_settings_from_train_config():
