@@ -129,6 +129,9 @@ def test_no_grad_cache_follows_parameter_updates(comps, shared):
     fresh_no_grad = _out(comps.unet, inputs)
     assert not torch.equal(fresh_no_grad, cached)
     assert torch.equal(fresh_no_grad, _out(comps.unet, inputs, grad=True).detach())
+    assert hm._cache
+    comps.unet.train()  # switching mode frees the cached weights
+    assert not hm._cache
 
 
 def test_save_load_round_trip_and_base_check(comps, shared, tmp_path):
