@@ -225,7 +225,7 @@ def test_hypermod_settings_from_train_config():
     assert (si_cfg.steps, si_cfg.seed, si_cfg.progress) == (11, 7, False)
 
 
-def test_training_loop_plug_in(shared, tmp_path):
+def test_training_loop_plug_in(shared, tmp_path, monkeypatch):
     "HyperMod-DC\\pr through the training loop (skipped in a checkout without open_forgetting.train)."
     train = pytest.importorskip('open_forgetting.train')
     import numpy as np
@@ -248,6 +248,14 @@ def test_training_loop_plug_in(shared, tmp_path):
     trained = load_file(run / train.TRAINED_FILE)
     assert trained and all(k.startswith('unet.hypermod.') for k in trained)
     assert all(torch.equal(v, before[k]) for k, v in base.unet.state_dict().items()) and not hasattr(base.unet, 'hypermod')
+    report = json.loads((run / 'hypermod.json').read_text())
+    assert report['self_init']['l1_after'] < report['self_init']['l1_before']
+    assert report['num_parameters']['total'] == sum(v.numel() for v in trained.values())
+
+    import open_forgetting.hypermod as hypermod_module
+    def no_self_init(*a, **k): raise AssertionError('loading a run must not self-initialize')
+    monkeypatch.setattr(hypermod_module, 'self_initialize', no_self_init)
+    monkeypatch.setattr(hypermod_module, 'self_initialize_cached', no_self_init)
     custom = train.load_customized(base, run)
     for k, v in trained.items():
         assert torch.equal(custom.unet.get_parameter(k[len('unet.'):]).detach().cpu(), v)
