@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #d4477c0a
 from __future__ import annotations
-import copy, csv, dataclasses, json, math, random, shutil, time, warnings
+import copy, csv, dataclasses, importlib, json, math, random, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,12 +24,12 @@ from .losses import (training_target, denoising_loss, prior_preservation_loss, d
                                     REG_PROMPT_SOURCES, REG_LATENT_SOURCES)
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'VARIANTS', 'DEFAULT_LAMBDA_DC', 'TRAINED_FILE', 'RUN_FILE', 'HISTORY_FILE',
-           'ConceptSpec', 'dreambench_subjects', 'dreambench_prompts', 'instance_image_files', 'load_concept',
-           'load_instance_images', 'TrainConfig', 'CustomizationMethod', 'register_method', 'get_method', 'DreamBooth',
-           'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config', 'class_images',
-           'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'Trainer', 'default_run_dir', 'customize',
-           'load_customized']
+__all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC', 'TRAINED_FILE', 'RUN_FILE',
+           'HISTORY_FILE', 'ConceptSpec', 'dreambench_subjects', 'dreambench_prompts', 'instance_image_files',
+           'load_concept', 'load_instance_images', 'TrainConfig', 'CustomizationMethod', 'register_method',
+           'get_method', 'DreamBooth', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA',
+           'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
+           'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -253,8 +253,15 @@ def register_method(name: str, cls: type[CustomizationMethod]) -> type[Customiza
     cls.name = name; METHODS[name] = cls
     return cls
 
+# methods that live in other modules, imported on first use so that `train` does not depend on them
+PLUGIN_MODULES = {'hypermod': 'open_forgetting.hypermod'}
+
+def _ensure_registered(name: str) -> None:
+    if name not in METHODS and name in PLUGIN_MODULES: importlib.import_module(PLUGIN_MODULES[name])
+
 def get_method(config: TrainConfig) -> CustomizationMethod:
-    "The method object named by `config.method`."
+    "The method object named by `config.method` (plug-in modules such as hypermod are imported on first use)."
+    _ensure_registered(config.method)
     if config.method not in METHODS:
         raise ValueError(f"Unknown method {config.method!r}; registered: {sorted(METHODS)} (add one with register_method).")
     return METHODS[config.method](config)
@@ -359,6 +366,7 @@ DEFAULT_LAMBDA_DC = 10.0
 
 def variant_config(method: str = 'dreambooth', variant: str = 'plain', **overrides) -> TrainConfig:
     "TrainConfig of method X in variant 'plain' (X), 'dc' (X-DC) or 'dc_pr' (X-DC\\pr), with the method's usual settings and `overrides`."
+    _ensure_registered(method)
     if method not in METHODS: raise ValueError(f"Unknown method {method!r}; registered: {sorted(METHODS)}.")
     if variant not in VARIANTS: raise ValueError(f"Unknown variant {variant!r}; use one of {VARIANTS}.")
     kw = dict(METHODS[method].defaults)
