@@ -1,6 +1,6 @@
 """The zero-shot diffusion classifier: closed-form bookkeeping, an independent naive re-implementation, invariance to
 batching / sharding / resuming, pairing across models, the drift report and clear errors."""
-import copy, pickle
+import copy, os, pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -328,3 +328,34 @@ def test_preprocess_equals_reference_transform():
     ref = V1.Compose([V1.Resize(32, interpolation=V1.InterpolationMode.BICUBIC), V1.CenterCrop(32),
                       lambda i: i.convert('RGB'), V1.ToTensor(), V1.Normalize([0.5], [0.5])])(img)
     assert torch.equal(preprocess_image(img, 32), ref)
+
+
+# ---------- real data-parallel processes (accelerate launch, CPU, gloo) ----------
+
+LAUNCHED = '''
+import os, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_classifier import Blobs, PROMPTS, SMALL, WORDS
+from open_forgetting.classifier import classify
+from open_forgetting.models import tiny_components
+df = classify(tiny_components(seed=0, words=WORDS), Blobs(5, name='blobs-launch'), PROMPTS, SMALL, progress=False)
+df.drop(columns='scores').to_csv(os.path.join(sys.argv[1], f"rank{{os.environ['RANK']}}.csv"), index=False)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get('OPEN_FORGETTING_SLOW') != '1', reason='spawns 2 processes (~1-2 min); set OPEN_FORGETTING_SLOW=1')
+def test_accelerate_launch_two_processes_merge_to_single_result(tmp_path, model):
+    import subprocess, sys
+    from pathlib import Path
+    script = tmp_path / 'launched.py'; script.write_text(LAUNCHED.format(tests=str(Path(__file__).parent)))
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--cpu', '--num_processes', '2', '--num_machines', '1',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = classify(model, Blobs(5), PROMPTS, SMALL, cache=False, progress=False).drop(columns='scores')
+    for rank in (0, 1):   # every process returns the merged result
+        got = pd.read_csv(tmp_path / f'rank{rank}.csv')
+        pd.testing.assert_frame_equal(got, single, check_dtype=False)
