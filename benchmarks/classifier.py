@@ -135,6 +135,10 @@ def main():
     # warm-up (first-call allocations, cuDNN autotune, compile)
     warm = ClassifierConfig(to_keep=(2, 1), n_samples=(2, 4), loss='l1', batch_size=cfg.batch_size, compile=args.compile, dtype=cfg.dtype)
     classify(comps, RandomImages(1, 10, comps.resolution), prompts, warm, cache=False, progress=False)
+    with torch.inference_mode():
+        z = torch.randn(1, 4, comps.unet.config.sample_size, comps.unet.config.sample_size, device=device)
+        reference_classify(comps.unet, comps.scheduler.alphas_cumprod, z, encode_prompts(comps, prompts.prompt.tolist()).to(device),
+                           torch.randn(4, *z.shape[1:], device=device), warm.n_samples, warm.to_keep, 'l1', args.ref_batch_size, autocast)
 
     # ours
     sync(); t0 = time.perf_counter()

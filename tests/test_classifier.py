@@ -330,7 +330,7 @@ def test_preprocess_equals_reference_transform():
     assert torch.equal(preprocess_image(img, 32), ref)
 
 
-# ---------- real data-parallel processes (accelerate launch, CPU, gloo) ----------
+# ---------- real data-parallel processes (torchrun + accelerate PartialState, CPU, gloo) ----------
 
 LAUNCHED = '''
 import os, sys
@@ -347,12 +347,13 @@ df.drop(columns='scores').to_csv(os.path.join(sys.argv[1], f"rank{{os.environ['R
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get('OPEN_FORGETTING_SLOW') != '1', reason='spawns 2 processes (~1-2 min); set OPEN_FORGETTING_SLOW=1')
-def test_accelerate_launch_two_processes_merge_to_single_result(tmp_path, model):
+def test_two_launched_processes_merge_to_single_result(tmp_path, model):
     import subprocess, sys
     from pathlib import Path
     script = tmp_path / 'launched.py'; script.write_text(LAUNCHED.format(tests=str(Path(__file__).parent)))
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--cpu', '--num_processes', '2', '--num_machines', '1',
-           '--mixed_precision', 'no', '--dynamo_backend', 'no', str(script), str(tmp_path)]
+    # torchrun (what `accelerate launch` runs for multi-GPU) sets RANK / WORLD_SIZE; classify uses accelerate's PartialState
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
+           str(script), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = classify(model, Blobs(5), PROMPTS, SMALL, cache=False, progress=False).drop(columns='scores')
