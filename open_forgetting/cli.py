@@ -26,17 +26,30 @@ def info() -> dict:
             'dtype': str(get_dtype(dev)), 'home': str(home_dir())}
 
 def demo(args=None) -> int:
-    "The end-to-end path that exists so far: build a tiny model, save it, load it back through the real loader."
-    from open_forgetting.models import tiny_components, save_components, load_components  # heavy: import on use
+    "The main job: the study on the embedded miniature world (customize, global and local drift, colour, diversity, report)."
+    import pandas as pd
+    import papermill as pm
+    from open_forgetting.runner import experiments_dir
+    from open_forgetting.study import demo_checks
+    preset = getattr(args, 'preset', None) or 'miniworld'
+    methods = _split(getattr(args, 'methods', None) or 'dreambooth')
+    concept = getattr(args, 'concept', None) or 'heart_emblem'
+    run_dir = Path(getattr(args, 'run_dir', None) or home_dir() / 'runs' / f'demo-{preset}')
     t0 = time.time()
-    comps = tiny_components(seed=0)
-    with tempfile.TemporaryDirectory() as d:
-        save_components(comps, d)
-        back = load_components(d, dtype='fp32', device='cpu')
-    same = back.fingerprint() == comps.fingerprint()
-    print(f"demo: tiny model saved and reloaded through load_components, fingerprint {back.fingerprint()} "
-          f"({'identical' if same else 'DIFFERENT'}) in {time.time() - t0:.1f} s")
-    return 0 if same else 1
+    print(f"open-forgetting demo: preset {preset!r}, concept {concept!r}, methods {methods}, variants plain and dc -> {run_dir}")
+    jobs = plan_jobs([concept], methods, ['plain', 'dc'], MEASUREMENTS, parameters={'preset': preset})
+    status = run_jobs(jobs, run_dir)
+    pm.execute_notebook(str(experiments_dir() / 'report.ipynb'), str(run_dir / 'report.ipynb'),
+                        parameters={'run_dir': str(run_dir.resolve())}, cwd=str(run_dir), progress_bar=False)
+    checks = demo_checks(run_dir)
+    with pd.option_context('display.width', 160, 'display.max_colwidth', 60):
+        print('\nScientific checks (issue 7), computed from the result files:')
+        print(checks.assign(passed=checks.passed.map({True: 'yes', False: 'NO'})).to_string(index=False))
+    print(f"\nTables: {run_dir}/table1.csv, table2.csv, table_diversity.csv; report notebook: {run_dir / 'report.ipynb'}")
+    print(f"Figures: {run_dir / 'figures'} ({', '.join(sorted(p.name for p in (run_dir / 'figures').glob('*.png')))})")
+    print(f"open-forgetting demo: finished in {time.time() - t0:.0f} s")
+    return int(bool(status.status.isin(['failed', 'blocked']).any()))
+
 
 # %% ../nbs/99_cli.ipynb #d8c554b5
 def _split(text: str) -> list[str]: return [t.strip() for t in text.split(',') if t.strip()]
@@ -68,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='open-forgetting', description='Measure and mitigate open-world forgetting.')
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('info', help='print versions, device and home folder')
-    sub.add_parser('demo', help='run the study on the embedded default')
+    demo = sub.add_parser('demo', help='run the study on the embedded default (the miniature world)')
+    demo.add_argument('--preset', default='miniworld', help='study preset (open_forgetting.study.PRESETS)')
+    demo.add_argument('--methods', default='dreambooth', help='comma-separated methods to compare (plain and DC variants)')
+    demo.add_argument('--concept', default='heart_emblem', help='miniworld novel concept')
+    demo.add_argument('--run-dir', default=None, help='output folder (default $OPEN_FORGETTING_HOME/runs/demo-<preset>)')
     run = sub.add_parser('run', help='execute the experiment notebooks per concept x method x variant')
     run.add_argument('--concepts', required=True, help='comma-separated concept names')
     run.add_argument('--methods', default='dreambooth', help='comma-separated: dreambooth,custom_diffusion,lora,hypermod')
