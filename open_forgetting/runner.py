@@ -121,7 +121,7 @@ def run_jobs(jobs: Sequence[Job], run_dir: str | Path, notebooks: str | Path | N
         out.mkdir(parents=True, exist_ok=True)
         try:
             execute(str(notebooks / f'{job.experiment}.ipynb'), str(out / f'{job.experiment}.ipynb'), parameters=params,
-                    cwd=str(out), kernel_name=kernel_name, progress_bar=False)
+                    cwd=str(out), kernel_name=kernel_name or 'python3', progress_bar=False)
             atomic_save_json({'parameters_hash': stable_hash(params), 'parameters': params,
                               'seconds': time.time() - t0, 'finished': time.strftime('%Y-%m-%dT%H:%M:%S')}, _marker(job, run_dir))
             rows.append({**row, 'status': 'done', 'seconds': time.time() - t0, 'error': ''})
