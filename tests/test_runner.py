@@ -1,0 +1,88 @@
+"""The study runner with real papermill: results, skip-on-rerun after a kill, failures, parameter checks, shards."""
+import os, signal, subprocess, sys, time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from open_forgetting.runner import plan_jobs, run_jobs
+
+PARAMS = "concept = 'x'\nmethod = 'dreambooth'\nvariant = 'plain'\nrun_dir = ''\nout_dir = ''\nscale = 1.0"
+
+
+def _notebook(path: Path, body: str):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(PARAMS); p.metadata['tags'] = ['parameters']
+    nb.cells = [p, nbformat.v4.new_code_cell(body)]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def notebooks(tmp_path):
+    d = tmp_path / 'nbs'; d.mkdir()
+    # each execution appends its key to executions.log, so a test can count what really ran
+    log = "from pathlib import Path\nPath(run_dir, 'executions.log').open('a').write(f'{concept}/{__name__}/NAME\\n')\n"
+    _notebook(d / 'customize.ipynb', log.replace('NAME', 'customize') +
+              "assert concept != 'broken', 'training diverged'\n"
+              "import pandas as pd; pd.DataFrame({'concept': [concept], 'value': [len(concept) * scale]}).to_csv(Path(out_dir, 'result.csv'), index=False)")
+    _notebook(d / 'color.ipynb', log.replace('NAME', 'color') +
+              "import time\nif Path(run_dir, 'SLOW').exists() and concept == 'b': time.sleep(120)\n"
+              "Path(out_dir, 'color.csv').write_text('cdi\\n0.5\\n')")
+    return d
+
+
+def _executions(run_dir):
+    p = Path(run_dir) / 'executions.log'
+    return p.read_text().split() if p.exists() else []
+
+
+def test_results_failures_and_independent_recomputation(notebooks, tmp_path):
+    run = tmp_path / 'run'
+    jobs = plan_jobs(['a', 'broken'], ['dreambooth'], ['dc'], experiments=['color'], parameters={'scale': 2.0})
+    status = run_jobs(jobs, run, notebooks, progress=False)
+    assert status.set_index('key').status.to_dict() == {
+        'a/dreambooth-dc/customize': 'done', 'a/dreambooth-dc/color': 'done',
+        'broken/dreambooth-dc/customize': 'failed', 'broken/dreambooth-dc/color': 'blocked'}
+    assert 'training diverged' in status.set_index('key').loc['broken/dreambooth-dc/customize', 'error']
+    # the executed notebook (with its traceback) is kept beside the failure
+    assert (run / 'broken/dreambooth-dc/customize/customize.ipynb').exists()
+    # a number recomputed independently from the tidy result file: len('a') * scale
+    res = pd.read_csv(run / 'a/dreambooth-dc/customize/result.csv')
+    assert res.value.item() == len('a') * 2.0
+    assert pd.read_csv(run / 'jobs.csv').shape[0] == 4
+
+
+def test_unknown_parameter_is_refused_before_running(notebooks, tmp_path):
+    jobs = plan_jobs(['a'], ['dreambooth'], ['plain'], experiments=['color'], parameters={'scael': 2.0})
+    with pytest.raises(ValueError, match=r"\['scael'\].*customize.ipynb"):
+        run_jobs(jobs, tmp_path / 'run', notebooks, progress=False)
+    assert _executions(tmp_path / 'run') == []
+
+
+def test_rerun_after_kill_skips_finished_notebooks(notebooks, tmp_path):
+    run = tmp_path / 'run'; run.mkdir(); (run / 'SLOW').write_text('')
+    cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--concepts', 'a,b', '--variants', 'plain',
+           '--experiments', 'color', '--run-dir', str(run), '--notebooks', str(notebooks)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    target = run / 'b/dreambooth-plain/customize/_SUCCESS.json'
+    deadline = time.time() + 180
+    while not target.exists() and time.time() < deadline: time.sleep(0.5)
+    time.sleep(2)  # b's color notebook is now sleeping
+    os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    assert target.exists(), 'the runner did not reach the second concept in time'
+    first = _executions(run)
+    assert first == ['a/__main__/customize', 'a/__main__/color', 'b/__main__/customize', 'b/__main__/color']
+    (run / 'SLOW').unlink()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _executions(run) == first + ['b/__main__/color'], 'finished notebooks must not be recomputed'
+    status = pd.read_csv(run / 'jobs.csv').set_index('key').status
+    assert status['a/dreambooth-plain/color'] == 'skipped (done)' and status['b/dreambooth-plain/color'] == 'done'
+
+
+def test_shards_cover_the_grid_once(notebooks, tmp_path):
+    from open_forgetting.runner import shard_jobs
+    jobs = plan_jobs(['a', 'b'], ['dreambooth'], ['plain'], experiments=['color'])
+    for i in (0, 1): run_jobs(shard_jobs(jobs, i, 2), tmp_path / 'run', notebooks, progress=False)
+    assert sorted(_executions(tmp_path / 'run')) == sorted(f'{c}/__main__/{e}' for c in 'ab' for e in ('customize', 'color'))
