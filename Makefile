@@ -30,7 +30,7 @@ demo: venv  ## the main job: the full study on the embedded miniature world
 	$(VENV)/bin/open-forgetting demo
 
 bench: venv
-	$(PY) benchmarks/classifier.py; $(PY) benchmarks/train.py; $(PY) benchmarks/metrics.py
+	$(PY) benchmarks/classifier.py; $(PY) benchmarks/train.py; $(PY) benchmarks/metrics.py; $(PY) benchmarks/hypermod.py
 
 clean-venv:
 	rm -rf $(VENV)
