@@ -115,6 +115,7 @@ def test_shipped_clip_round_trip_and_ranks():
     man = json.loads((MINI / 'manifest.json').read_text())
     clip = mw.load_miniworld_clip(device='cpu')
     assert isinstance(clip.name, str)
+    assert clip.fingerprint() == man['clip']['fingerprint']
     ref, got = man['clip']['reference_outputs'], mw.clip_reference_outputs(clip)
     for k in ref:
         assert got[k]['head'] == pytest.approx(ref[k]['head'], rel=1e-3, abs=1e-5)

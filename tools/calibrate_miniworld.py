@@ -191,7 +191,9 @@ def main(argv=None):
         ft['settings'] = dict(concept=a.concept, steps=a.steps, lr=a.lr, batch=4, n_per_class=a.n_per_class, n_t=a.n_t,
                               dc_prompts='generic_prompts(24)', dc_latents='instance batch')
         tasks = a.forget_tasks.split(',')
-        base = ft['base'] = zero_shot(comps, comps.unet, tasks, a.n_per_class, a.n_t, cache)
+        zs = res.get('zero_shot', {}) if 'zeroshot' in what else {}
+        missing = [t for t in tasks if t not in zs]
+        base = ft['base'] = {**{t: zs[t] for t in tasks if t in zs}, **zero_shot(comps, comps.unet, missing, a.n_per_class, a.n_t, cache)}
         ft['base']['concept_views_identified'] = identify_concept(comps, comps.unet, a.concept, a.n_t)
         for lam in [0.0] + [float(x) for x in a.lambdas.split(',')]:
             name = 'DB' if lam == 0 else f'DB-DC(lambda={lam:g})'
