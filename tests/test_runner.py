@@ -86,3 +86,12 @@ def test_shards_cover_the_grid_once(notebooks, tmp_path):
     jobs = plan_jobs(['a', 'b'], ['dreambooth'], ['plain'], experiments=['color'])
     for i in (0, 1): run_jobs(shard_jobs(jobs, i, 2), tmp_path / 'run', notebooks, progress=False)
     assert sorted(_executions(tmp_path / 'run')) == sorted(f'{c}/__main__/{e}' for c in 'ab' for e in ('customize', 'color'))
+
+
+def test_every_experiment_notebook_declares_the_runner_parameters():
+    "papermill silently skips parameter lines it cannot parse (e.g. quotes in comments); the runner needs these."
+    from open_forgetting.runner import experiments_dir, notebook_parameters, MEASUREMENTS
+    for name in ('customize', *MEASUREMENTS):
+        declared = set(notebook_parameters(experiments_dir() / f'{name}.ipynb'))
+        assert {'concept', 'method', 'variant', 'run_dir', 'out_dir', 'preset'} <= declared, (name, declared)
+    assert {'run_dir', 'figures_dir'} <= set(notebook_parameters(experiments_dir() / 'report.ipynb'))
