@@ -56,7 +56,7 @@ def test_results_failures_and_independent_recomputation(notebooks, tmp_path):
 
 def test_unknown_parameter_is_refused_before_running(notebooks, tmp_path):
     jobs = plan_jobs(['a'], ['dreambooth'], ['plain'], experiments=['color'], parameters={'scael': 2.0})
-    with pytest.raises(ValueError, match=r"\['scael'\].*customize.ipynb"):
+    with pytest.raises(ValueError, match=r"\[.scael.\].*no experiment notebook"):
         run_jobs(jobs, tmp_path / 'run', notebooks, progress=False)
     assert _executions(tmp_path / 'run') == []
 
