@@ -26,3 +26,10 @@ def tiny():
     "A tiny SD-architecture model built offline (shared by the session: treat as read-only)."
     from open_forgetting.models import tiny_components
     return tiny_components(seed=0)
+
+
+@pytest.fixture(scope='module')
+def small():
+    "An even smaller tiny model (8/16 channels) for loss and training-loop tests (fresh per module: tests may train it)."
+    from open_forgetting.models import tiny_components
+    return tiny_components(seed=0, channels=(8, 16), text_dim=16, norm_num_groups=4)

@@ -12,15 +12,6 @@ from open_forgetting.losses import (training_target, min_snr_weights, denoising_
 from open_forgetting.models import tiny_components, sd_scheduler, encode_prompts
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)   # tiny models: avoid oversubscription on shared CPUs
-    yield
-    torch.set_num_threads(n)
-
-@pytest.fixture(scope='module')
-def small():
-    return tiny_components(seed=0, channels=(8, 16), text_dim=16, norm_num_groups=4)
 
 def _inputs(seed=0, n=3):
     g = torch.Generator().manual_seed(seed)

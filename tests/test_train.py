@@ -16,15 +16,6 @@ from open_forgetting.train import (ConceptSpec, TrainConfig, Trainer, Customizat
 METHODS3 = ('dreambooth', 'custom_diffusion', 'lora')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)   # tiny models: avoid oversubscription on shared CPUs
-    yield
-    torch.set_num_threads(n)
-
-@pytest.fixture(scope='module')
-def small():
-    return tiny_components(seed=0, channels=(8, 16), text_dim=16, norm_num_groups=4)
 
 def _images(folder, n=3, size=(40, 48), seed=0):
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
