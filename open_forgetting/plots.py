@@ -4,6 +4,7 @@
 
 # %% ../nbs/12_plots.ipynb #6ef3f618
 from __future__ import annotations
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -15,8 +16,8 @@ import seaborn as sns
 
 # %% auto #0
 __all__ = ['METHOD_ABBREV', 'VARIANT_SUFFIX', 'BASE_COLOR', 'CONTROL_COLOR', 'CONTROL_LABEL', 'model_label', 'model_color',
-           'palette', 'save_figure', 'image_grid', 'sorted_curves', 'plot_similarity_curves', 'plot_chromaticity',
-           'plot_drift_curves', 'plot_metric_bars', 'plot_class_drops']
+           'palette', 'model_order', 'save_figure', 'image_grid', 'sorted_curves', 'plot_similarity_curves',
+           'plot_chromaticity', 'plot_drift_curves', 'plot_metric_bars', 'plot_class_drops']
 
 # %% ../nbs/12_plots.ipynb #22003e26
 METHOD_ABBREV = {'dreambooth': 'DB', 'custom_diffusion': 'CD', 'lora': 'LoRA', 'hypermod': 'HyperMod'}
@@ -44,6 +45,15 @@ def palette(labels: Sequence[str]) -> dict[str, str]:
     "Colour mapping for seaborn's `palette=` argument."
     return {l: model_color(l) for l in labels}
 
+def model_order(labels: Sequence[str]) -> list[str]:
+    "Legend order used everywhere: base, the control, then models by method and variant (X, X-DC, X-DC\\pr)."
+    def key(l):
+        if l == 'base': return (0, 0, '')
+        if l.startswith('control'): return (1, 0, '')
+        m, _, v = l.partition('-')
+        return (2, list(_METHOD_PALETTE).index(m) if m in _METHOD_PALETTE else 99, {'': 0, 'DC': 1, 'DC\\pr': 2}.get(v, 3), l)
+    return sorted(dict.fromkeys(labels), key=key)
+
 # %% ../nbs/12_plots.ipynb #23637992
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 150) -> list[Path]:
     "Save `fig` as `path`.png and `path`.pdf (the suffix of `path` is ignored); returns both paths."
@@ -65,7 +75,8 @@ def image_grid(rows: dict[str, Sequence[np.ndarray]], col_titles: Sequence[str] 
             if c < len(imgs): ax.imshow(np.asarray(imgs[c]))
             else: ax.axis('off')
             if c == 0: ax.set_ylabel(label, color=model_color(label), fontsize=9)
-            if r == 0 and col_titles is not None and c < len(col_titles): ax.set_title(col_titles[c], fontsize=7)
+            if r == 0 and col_titles is not None and c < len(col_titles):
+                ax.set_title(textwrap.fill(str(col_titles[c]), 20), fontsize=7)
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -82,8 +93,9 @@ def sorted_curves(df: pd.DataFrame, value: str, group: str = 'model', ascending:
     return m.reset_index(drop=True)
 
 def _draw_curves(ax, curves: pd.DataFrame, value: str, group: str) -> None:
-    for label, c in curves.groupby(group, sort=False):
-        ctrl = str(label).startswith('control')
+    for label in model_order(curves[group].astype(str)):
+        c = curves[curves[group].astype(str) == label]
+        ctrl = label.startswith('control')
         ax.plot(c['prompt_fraction'], c[value], color=model_color(str(label)), ls='--' if ctrl else '-',
                 lw=1.2, label=str(label))
     ax.legend(fontsize=7, frameon=False)
@@ -129,7 +141,7 @@ def plot_metric_bars(df: pd.DataFrame, value: str, x: str = 'prompt', group: str
                      ylabel: str | None = None) -> plt.Axes:
     "Bars of `value` per `x` and model (mean with 95% CI over rows), control rows drawn as grey bars."
     ax = ax or plt.subplots(figsize=(max(4, 0.7 * df[x].nunique() + 2), 3.4))[1]
-    order = list(dict.fromkeys(df[group]))
+    order = model_order(df[group])
     sns.barplot(df, x=x, y=value, hue=group, hue_order=order, palette=palette(order), ax=ax, errorbar=('ci', 95))
     ax.set_ylabel(ylabel or value); ax.tick_params(axis='x', rotation=30, labelsize=7)
     ax.legend(fontsize=7, frameon=False)
@@ -140,7 +152,7 @@ def plot_class_drops(per_class: pd.DataFrame, group: str = 'model', value: str =
     worst = per_class.sort_values(value, ascending=False)['classname'].drop_duplicates().head(top).tolist()
     d = per_class[per_class['classname'].isin(worst)]
     ax = plt.subplots(figsize=(5, 0.25 * len(worst) + 1.5))[1]
-    order = list(dict.fromkeys(d[group]))
+    order = model_order(d[group])
     sns.stripplot(d, y='classname', x=value, hue=group, order=worst, palette=palette(order), ax=ax, size=6, jitter=False)
     ax.axvline(0, color=CONTROL_COLOR, lw=0.8); ax.set_xlabel('accuracy drop vs base (points)'); ax.set_ylabel('')
     return ax

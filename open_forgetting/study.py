@@ -23,7 +23,8 @@ from .train import ConceptSpec, TrainConfig, variant_config, customize, load_cus
 __all__ = ['PRESETS', 'VARIANTS', 'StudyPreset', 'get_preset', 'check_choice', 'check_positive', 'check_study_parameters',
            'load_base', 'load_encoder', 'classification_sets', 'classifier_config', 'study_concept',
            'generic_appearance_prompts', 'related_appearance_prompts', 'concept_identification', 'model_dir',
-           'train_config', 'ensure_customized', 'load_study_model', 'default_run_dir', 'save_table', 'demo_checks']
+           'miniworld_dc_prompt_file', 'train_config', 'ensure_customized', 'load_study_model', 'default_run_dir',
+           'save_table', 'demo_checks']
 
 # %% ../nbs/14_study.ipynb #91eaa16a
 @dataclass
@@ -199,9 +200,20 @@ def model_dir(run_dir: str | Path, concept: str, method: str, variant: str) -> P
     "Where the customize notebook puts the trained parameters of a grid cell."
     return Path(run_dir) / concept / f'{method}-{variant}' / 'customize' / 'model'
 
+def miniworld_dc_prompt_file(n: int = 256, seed: int = 1) -> Path:
+    "A file of `n` captions of the miniature world: DC's regularization prompts there (SD-style prompts are out of its vocabulary)."
+    from open_forgetting.core import cache_dir
+    from open_forgetting.miniworld import generic_prompts
+    path = cache_dir('miniworld') / f'dc_prompts_{n}_{seed}.txt'
+    if not path.exists():
+        with atomic_write(path, 'w') as f: f.write('\n'.join(generic_prompts(n, seed)) + '\n')
+    return path
+
 def train_config(preset: StudyPreset, method: str, variant: str, **overrides) -> TrainConfig:
     "The method's usual settings in `variant`, with the preset's training budget and `overrides`."
-    return variant_config(method, variant, **{**preset.train, **{k: v for k, v in overrides.items() if v is not None}})
+    kw = {**preset.train, **{k: v for k, v in overrides.items() if v is not None}}
+    if preset.base_model == 'miniworld' and 'dc_prompt_file' not in kw: kw['dc_prompt_file'] = str(miniworld_dc_prompt_file())
+    return variant_config(method, variant, **kw)
 
 def ensure_customized(preset: StudyPreset, run_dir: str | Path, concept: str, method: str, variant: str,
                       **overrides) -> Path:
