@@ -105,9 +105,14 @@ def test_shipped_base_round_trip():
     for k in ref:
         assert got[k]['mean_abs'] == pytest.approx(ref[k]['mean_abs'], rel=1e-4, abs=1e-6)
         assert got[k]['head'] == pytest.approx(ref[k]['head'], rel=1e-3, abs=1e-5)
-    # every word of the world is one token of the shipped tokenizer
-    for w in mw.world_vocabulary():
-        assert len(comps.tokenizer(w).input_ids) == 3, w
+    # the shipped tokenizer is the compact one over the world's vocabulary, and spells every caption reversibly
+    from open_forgetting.models import build_clip_tokenizer
+    fresh = build_clip_tokenizer(mw.world_vocabulary(), model_max_length=comps.tokenizer.model_max_length)
+    assert comps.tokenizer.get_vocab() == fresh.get_vocab()
+    for cap in [mw.world_item(i).caption for i in range(20)] + list(mw.world_vocabulary()):
+        ids = comps.tokenizer(cap).input_ids
+        assert ids == fresh(cap).input_ids
+        assert comps.tokenizer.decode(ids, skip_special_tokens=True).strip() == cap
 
 
 @needs_shipped

@@ -106,7 +106,22 @@ def zero_shot(comps, unet, tasks, n_per_class, n_t, cache):
     return res
 
 
-def finetune(comps, concept, steps=300, lr=1e-4, dc_lambda=0.0, batch=4, seed=0, identifier='sks'):
+@torch.no_grad()
+def replay_set(comps, n=48, seed=123, steps=25, guidance=3.0):
+    "Z_reg as a replay set (STUDY 3): latents the base model generates from the generic prompts, with their prompts."
+    from diffusers import DDIMScheduler
+    prompts = (generic_prompts(24) * (n // 24 + 1))[:n]
+    sched = DDIMScheduler.from_config(comps.scheduler.config); sched.set_timesteps(steps)
+    cond = encode_prompts(comps, prompts); unc = encode_prompts(comps, [''] * n)
+    h = comps.unet.config.sample_size
+    z = torch.randn(n, 4, h, h, generator=torch.Generator().manual_seed(seed))
+    for t in sched.timesteps:
+        eu, ec = comps.unet(torch.cat([z, z]), t, torch.cat([unc, cond])).sample.chunk(2)
+        z = sched.step(eu + guidance * (ec - eu), t, z).prev_sample
+    return z, cond
+
+
+def finetune(comps, concept, steps=300, lr=1e-4, dc_lambda=0.0, batch=4, seed=0, identifier='sks', replay=None):
     "DreamBooth-style full-UNet fine-tune on the concept's 5 images; optional Drift Correction term (generic prompts)."
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -129,9 +144,15 @@ def finetune(comps, concept, steps=300, lr=1e-4, dc_lambda=0.0, batch=4, seed=0,
         loss = F.mse_loss(student(zt, t, c_inst.expand(batch, -1, -1)).sample, eps)
         losses.append(loss.item())
         if dc_lambda > 0:
-            cg = c_gen[torch.randint(len(c_gen), (batch,), generator=g)]
-            with torch.no_grad(): target = teacher(zt, t, cg).sample
-            dc = F.mse_loss(student(zt, t, cg).sample, target)
+            if replay is None:  # Z_reg = the instance batch's noised latents, C_reg = random generic prompts
+                cg, zr = c_gen[torch.randint(len(c_gen), (batch,), generator=g)], zt
+            else:  # Z_reg = replay latents (base generations) noised at fresh t, with their own prompts
+                j = torch.randint(len(replay[0]), (batch,), generator=g)
+                tr = torch.randint(0, 1000, (batch,), generator=g); ar = acp[tr].view(-1, 1, 1, 1)
+                zr = ar.sqrt() * replay[0][j] + (1 - ar).sqrt() * torch.randn(z0.shape, generator=g)
+                cg, t = replay[1][j], tr
+            with torch.no_grad(): target = teacher(zr, t, cg).sample
+            dc = F.mse_loss(student(zr, t, cg).sample, target)
             dcs.append(dc.item())
             loss = loss + dc_lambda * dc
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
@@ -161,6 +182,8 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=300)
     p.add_argument('--lr', type=float, default=1e-4)
     p.add_argument('--lambdas', default='10')
+    p.add_argument('--dc-latents', default='instance,replay', help='Z_reg of the DC term: instance batch and/or replay set')
+    p.add_argument('--skip', default='', help="e.g. 'DB' to skip the plain DreamBooth run")
     p.add_argument('--out', default=str(repo_root() / 'data/miniworld'))
     p.add_argument('--threads', type=int, default=1)
     a = p.parse_args(argv)
@@ -189,16 +212,19 @@ def main(argv=None):
     if 'forget' in what:
         ft = res.setdefault('forgetting', {})
         ft['settings'] = dict(concept=a.concept, steps=a.steps, lr=a.lr, batch=4, n_per_class=a.n_per_class, n_t=a.n_t,
-                              dc_prompts='generic_prompts(24)', dc_latents='instance batch')
+                              dc_prompts='generic_prompts(24)', dc_latents=a.dc_latents)
         tasks = a.forget_tasks.split(',')
         zs = res.get('zero_shot', {}) if 'zeroshot' in what else {}
         missing = [t for t in tasks if t not in zs]
         base = ft['base'] = {**{t: zs[t] for t in tasks if t in zs}, **zero_shot(comps, comps.unet, missing, a.n_per_class, a.n_t, cache)}
         ft['base']['concept_views_identified'] = identify_concept(comps, comps.unet, a.concept, a.n_t)
-        for lam in [0.0] + [float(x) for x in a.lambdas.split(',')]:
-            name = 'DB' if lam == 0 else f'DB-DC(lambda={lam:g})'
+        runs = [(0.0, None)] if 'DB' not in a.skip.split(',') else []
+        runs += [(float(x), mode) for x in a.lambdas.split(',') for mode in a.dc_latents.split(',')]
+        replay = replay_set(comps) if 'replay' in a.dc_latents else None
+        for lam, mode in runs:
+            name = 'DB' if lam == 0 else f'DB-DC(lambda={lam:g},Z_reg={mode})'
             t0 = time.time()
-            unet, info = finetune(comps, a.concept, a.steps, a.lr, lam)
+            unet, info = finetune(comps, a.concept, a.steps, a.lr, lam, replay=replay if mode == 'replay' else None)
             log(f"{name}: fine-tuned in {time.time() - t0:.0f} s {info}")
             r = zero_shot(comps, unet, tasks, a.n_per_class, a.n_t, cache)
             r['finetune'] = info; r['finetune_seconds'] = time.time() - t0
@@ -207,7 +233,7 @@ def main(argv=None):
             log(f"{name}: drops {[round(r[t]['drop_points'], 1) for t in tasks]} points, concept views {r['concept_views_identified']}/20")
             ft[name] = r
             grid(sample(comps, [NOVEL_CONCEPTS[a.concept].prompt()] * 4 + [f"a {s}" for s in SHAPES[:4]], seed=0, unet=unet),
-                 ncol=8).save(out / f"samples_{name.split('(')[0]}.png" if lam == 0 or lam == 10 else Path('/tmp') / f"samples_{lam}.png")
+                 ncol=8).save(out / f"samples_{name.split('(')[0]}{'' if mode is None else '_' + mode}.png")
             res_path.write_text(json.dumps(res, indent=1))
     res_path.write_text(json.dumps(res, indent=1))
     log(json.dumps({k: v for k, v in res.items() if k != 'samples'}, indent=1)[:6000])
