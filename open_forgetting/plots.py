@@ -33,7 +33,8 @@ def model_label(method: str, variant: str = 'plain') -> str:
     return METHOD_ABBREV[method] + VARIANT_SUFFIX[variant]
 
 def model_color(label: str) -> str:
-    "The fixed colour of a model label ('base', 'control' or a `model_label`), the same in every figure."
+    "The fixed colour of a model label ('base', 'control' or a `model_label`, optionally followed by ' (detail)')."
+    label = label.split(' (')[0] if not label.startswith('control') else label
     if label == 'base': return BASE_COLOR
     if label.startswith('control'): return CONTROL_COLOR
     method, _, rest = label.partition('-')
@@ -142,7 +143,8 @@ def plot_metric_bars(df: pd.DataFrame, value: str, x: str = 'prompt', group: str
     "Bars of `value` per `x` and model (mean with 95% CI over rows), control rows drawn as grey bars."
     ax = ax or plt.subplots(figsize=(max(4, 0.7 * df[x].nunique() + 2), 3.4))[1]
     order = model_order(df[group])
-    sns.barplot(df, x=x, y=value, hue=group, hue_order=order, palette=palette(order), ax=ax, errorbar=('ci', 95))
+    sns.barplot(df, x=x, y=value, hue=group, hue_order=order, order=order if x == group else None,
+                palette=palette(order), ax=ax, errorbar=('ci', 95))
     ax.set_ylabel(ylabel or value); ax.tick_params(axis='x', rotation=30, labelsize=7)
     ax.legend(fontsize=7, frameon=False)
     return ax
