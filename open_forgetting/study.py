@@ -24,7 +24,7 @@ __all__ = ['PRESETS', 'VARIANTS', 'StudyPreset', 'get_preset', 'check_choice', '
            'load_base', 'load_encoder', 'classification_sets', 'classifier_config', 'study_concept',
            'generic_appearance_prompts', 'related_appearance_prompts', 'concept_identification', 'model_dir',
            'miniworld_dc_prompt_file', 'train_config', 'ensure_customized', 'load_study_model', 'default_run_dir',
-           'save_table', 'demo_checks']
+           'paired_generations', 'save_table', 'collect_results', 'demo_checks']
 
 # %% ../nbs/14_study.ipynb #91eaa16a
 @dataclass
@@ -232,6 +232,18 @@ def default_run_dir(run_dir: str, notebook: str) -> Path:
     "`run_dir`, or (when empty, e.g. a notebook run on its own) a folder of its own under `$OPEN_FORGETTING_HOME/runs`."
     return Path(run_dir) if run_dir else home_dir() / 'runs' / f'notebook-{notebook}'
 
+def paired_generations(preset: StudyPreset, base: Components, model: Components, label: str,
+                       prompts: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Generate base (seed sets A and B) and `model` (set A) for `prompts`; returns (manifest, pairs with the control rows)."
+    from open_forgetting.generate import generate
+    from open_forgetting.metrics import pair_manifest
+    from open_forgetting.plots import CONTROL_LABEL
+    settings = preset.generation_settings()
+    manifest = pd.concat([generate({'base': base}, prompts, [*preset.seeds, *preset.control_seeds], settings, progress=False),
+                          generate({label: model}, prompts, preset.seeds, settings, progress=False)], ignore_index=True)
+    pairs = pair_manifest(manifest, base='base', seeds=preset.seeds, control_seeds=preset.control_seeds)
+    return manifest, pairs.replace({'model': {'control': CONTROL_LABEL}})
+
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
     "Write a tidy result table as `<out_dir>/<name>.csv` atomically; returns the path."
     path = Path(out_dir) / f'{name}.csv'
@@ -239,7 +251,8 @@ def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
     return path
 
 # %% ../nbs/14_study.ipynb #0046ca33
-def _collect(run_dir: Path, experiment: str, name: str) -> pd.DataFrame:
+def collect_results(run_dir: str | Path, experiment: str, name: str) -> pd.DataFrame:
+    "Concatenate `<run_dir>/*/*/<experiment>/<name>.csv` over every finished cell of the study grid (empty if none)."
     files = sorted(Path(run_dir).glob(f'*/*/{experiment}/{name}.csv'))
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
@@ -247,7 +260,7 @@ def demo_checks(run_dir: str | Path, plain: str = 'DB', corrected: str = 'DB-DC'
     "Issue 7's checks from a run's result files: one row per check with its value, threshold and verdict."
     run_dir = Path(run_dir); rows = []
     def add(check, value, threshold, passed): rows.append(dict(check=check, value=value, threshold=threshold, passed=bool(passed)))
-    drift, per_class = _collect(run_dir, 'global_drift', 'semantic_drift'), _collect(run_dir, 'global_drift', 'per_class')
+    drift, per_class = collect_results(run_dir, 'global_drift', 'semantic_drift'), collect_results(run_dir, 'global_drift', 'per_class')
     for dataset, d in drift.groupby('dataset'):
         n_classes = per_class[per_class.dataset == dataset].classname.nunique()
         acc = d.base_accuracy.mean(); chance = 100 / max(n_classes, 1)
@@ -262,17 +275,17 @@ def demo_checks(run_dir: str | Path, plain: str = 'DB', corrected: str = 'DB-DC'
                 q = dc.mean(numeric_only=True)
                 add(f'{dataset}: {corrected} mean drop vs {plain}', f'{q["drop"]:.1f} vs {r["drop"]:.1f}', f'<= {r["drop"] / 2:.1f}',
                     r['drop'] > 0 and q['drop'] <= r['drop'] / 2)
-    cdi = _collect(run_dir, 'global_drift', 'cdi')
+    cdi = collect_results(run_dir, 'global_drift', 'cdi')
     if len(cdi):
         m = cdi.groupby('model').cdi.mean(); ctrl = m[[i for i in m.index if i.startswith('control')]].mean()
         for label in (plain, corrected):
             if label in m: add(f'{label} CDI vs control', f'{m[label]:.4f} vs {ctrl:.4f}', '> control', m[label] > ctrl)
-    fid = _collect(run_dir, 'customize', 'fidelity')
+    fid = collect_results(run_dir, 'customize', 'fidelity')
     if len(fid) and {plain, corrected} <= set(fid.model):
         f = fid.groupby('model').clip_i.mean()
         add(f'{corrected} fidelity (CLIP-I) vs {plain}', f'{f[corrected]:.3f} vs {f[plain]:.3f}', f'>= {0.9 * f[plain]:.3f}',
             f[corrected] >= 0.9 * f[plain])
-    ident = _collect(run_dir, 'customize', 'identification')
+    ident = collect_results(run_dir, 'customize', 'identification')
     for r in ident.itertuples():
         from open_forgetting.plots import model_label
         add(f'{model_label(r.method, r.variant)} held-out views identified', f'{r.n_correct}/{r.n_views}', '>= 15/20',
