@@ -9,6 +9,13 @@ It prints seconds per image, UNet evaluations per second and the ratio.
     python benchmarks/classifier.py                       # CPU, tiny model, CIFAR-10 schedule (10 prompts, 2,750 evals/image)
     python benchmarks/classifier.py --threads 1           # the same, single-threaded
     python benchmarks/classifier.py --device cuda --sd15  # GPU, SD-1.5-sized UNet (random weights), bf16, fraction of peak
+
+`--miniworld` measures instead how much classifying several images per UNet call helps a small model: the shipped
+miniworld base model, the miniworld preset schedule (to_keep 2 1, n_samples 4 12, 8 shape prompts: 48 UNet samples
+per image), 64 shape test images, one image per group (`images_per_batch=1`, the classifier before grouping) vs
+the automatic group size; it prints images per second of each and asserts identical predictions.
+
+    OMP_NUM_THREADS=1 python benchmarks/classifier.py --miniworld --threads 1
 """
 import argparse, contextlib, math, os, sys, time
 
@@ -104,6 +111,34 @@ class RandomImages(torch.utils.data.Dataset):
     def __getitem__(self, i): return torch.rand(3, self.size, self.size, generator=torch.Generator().manual_seed(i)), i % len(self.classes)
 
 
+def miniworld_groups(args):
+    "Images per second on the miniworld base model: one image per UNet-call group vs the automatic group size."
+    from dataclasses import replace
+    from open_forgetting.classifier import image_group_size
+    from open_forgetting.miniworld import load_miniworld_base, miniworld_dataset, miniworld_prompts
+    comps = load_miniworld_base(device=args.device)
+    prompts, ds = miniworld_prompts('shape'), miniworld_dataset('shape', 'test', n_per_class=args.images // 8 if args.images else 8)
+    cfg = ClassifierConfig(to_keep=(2, 1), n_samples=(4, 12), batch_size=args.batch_size or 256)
+    auto = image_group_size(cfg, len(prompts))
+    print(f'device={args.device} threads={torch.get_num_threads()} model=miniworld base '
+          f'({sum(p.numel() for p in comps.unet.parameters()) / 1e6:.1f} M UNet parameters) schedule {cfg.to_keep}/{cfg.n_samples}: '
+          f'{evaluations_per_image(cfg, len(prompts))} UNet evals/image, {len(ds)} images, batch {cfg.batch_size}', flush=True)
+    sync = torch.cuda.synchronize if args.device.startswith('cuda') else (lambda: None)
+    classify(comps, miniworld_dataset('shape', 'test', n_per_class=1), prompts, cfg, cache=False, progress=False)   # warm-up
+    rows, preds = [], {}
+    for _ in range(args.repeats):            # alternate the two settings so a busy machine affects both alike
+        for name, ipb in (('one image per group (before)', 1), (f'{auto} images per group (after)', None)):
+            sync(); t0 = time.perf_counter()
+            res = classify(comps, ds, prompts, replace(cfg, images_per_batch=ipb), cache=False, progress=False)
+            sync(); t = time.perf_counter() - t0
+            rows.append(dict(setting=name, images_per_s=len(ds) / t)); preds.setdefault(name, res.pred.tolist())
+            assert res.pred.tolist() == next(iter(preds.values())), 'grouping changed a prediction'
+    df = pd.DataFrame(rows).groupby('setting', sort=False).images_per_s.agg(['median', 'min', 'max'])
+    print(df.rename(columns=lambda c: f'images/s {c}').to_string(float_format=lambda v: f'{v:.3g}'))
+    before, after = df['median'].iloc[0], df['median'].iloc[1]
+    print(f'speed-up (median images/s, after / before): {after / before:.2f}x; predictions identical: True')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--device', default='cpu'); ap.add_argument('--sd15', action='store_true')
@@ -112,8 +147,11 @@ def main():
     ap.add_argument('--ref-batch-size', type=int, default=32); ap.add_argument('--threads', type=int, default=None)
     ap.add_argument('--dtype', default=None, help='GPU compute dtype (default bf16)'); ap.add_argument('--compile', action='store_true')
     ap.add_argument('--peak-tflops', type=float, default=None, help='bf16 dense peak of the GPU (default: H100 SXM 989, A100 312)')
+    ap.add_argument('--miniworld', action='store_true', help='images/s of one image per group vs grouped images on the miniworld model')
+    ap.add_argument('--repeats', type=int, default=3, help='--miniworld: timed runs of each setting (median reported)')
     args = ap.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
+    if args.miniworld: return miniworld_groups(args)
     device = torch.device(args.device)
     gpu = device.type == 'cuda'
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}[args.dtype or ('bf16' if gpu else 'fp32')]

@@ -25,9 +25,9 @@ from .data import (ClassificationDataset, as_classification_dataset, load_prompt
 
 # %% auto #0
 __all__ = ['LOSSES', 'SCHEDULES', 'ClassifierConfig', 'schedule_for', 'timestep_grid', 'stage_timesteps', 'evaluations_per_image',
-           'paired_noise', 'ImageResult', 'classify_latent', 'preprocess_image', 'merge_shards', 'run_key', 'classify',
-           'classify_models', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'drift_report', 'table1',
-           'class_scores', 'predict_proba', 'fit_temperature']
+           'paired_noise', 'ImageResult', 'classify_latents', 'classify_latent', 'image_group_size', 'preprocess_image',
+           'merge_shards', 'run_key', 'classify', 'classify_models', 'accuracy', 'per_class_accuracy',
+           'confusion_matrix', 'drift_report', 'table1', 'class_scores', 'predict_proba', 'fit_temperature']
 
 # %% ../nbs/03_classifier.ipynb #574c6771
 LOSSES = ('l1', 'l2', 'huber')
@@ -39,6 +39,7 @@ class ClassifierConfig:
     n_samples: tuple[int, ...] = (50, 500)     # timesteps each stage covers (nested subsets of one grid)
     loss: str = 'l1'                           # 'l1', 'l2' or 'huber' between prediction and target, mean over C,H,W
     batch_size: int = 256                      # most UNet samples per call (the memory budget)
+    images_per_batch: int | None = None        # images classified together (their samples share UNet calls); None: `image_group_size`
     resolution: int | None = None              # image size fed to the VAE; None: the model's native resolution
     interpolation: str = 'bicubic'             # resize of the short side before the centre crop
     dtype: str | None = None                   # compute dtype of the UNet: None = fp32 on CPU, bf16/fp16 autocast on GPU
@@ -55,10 +56,12 @@ class ClassifierConfig:
         if min(self.n_samples) < 1: raise ValueError(f"n_samples must be positive, got {self.n_samples}.")
         if self.loss not in LOSSES: raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
         if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.images_per_batch is not None and self.images_per_batch < 1:
+            raise ValueError(f"images_per_batch must be >= 1 or None, got {self.images_per_batch}.")
         if self.interpolation not in _INTERPOLATIONS: raise ValueError(f"interpolation must be one of {list(_INTERPOLATIONS)}.")
 
     def result_key(self) -> dict:
-        "The settings that change the classifier's numbers (cache key); batch size, device and compile do not."
+        "The settings that change the classifier's numbers (cache key); batch size, images per batch, device and compile do not."
         return dict(to_keep=self.to_keep, n_samples=self.n_samples, loss=self.loss, resolution=self.resolution,
                     interpolation=self.interpolation, dtype=self.dtype)
 
@@ -132,50 +135,73 @@ def _loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return fn(target, pred, reduction='none').mean(dim=(1, 2, 3))
 
 @torch.inference_mode()
-def classify_latent(unet: Callable, latent: torch.Tensor, text_embeddings: torch.Tensor, noise: torch.Tensor,
-                    alphas_cumprod: torch.Tensor, config: ClassifierConfig, prediction_type: str = 'epsilon',
-                    autocast: Callable = contextlib.nullcontext) -> ImageResult:
-    "Li et al.'s staged zero-shot classification of one latent `(1,C,h,w)` against `text_embeddings` `(P,L,D)` (STUDY §2)."
+def classify_latents(unet: Callable, latents: torch.Tensor, text_embeddings: torch.Tensor, noises: torch.Tensor,
+                     alphas_cumprod: torch.Tensor, config: ClassifierConfig, prediction_type: str = 'epsilon',
+                     autocast: Callable = contextlib.nullcontext) -> list[ImageResult]:
+    "Li et al.'s staged zero-shot classification of N latents `(N,C,h,w)` at once, noise `(N,n_eval,C,h,w)`, against `text_embeddings` `(P,L,D)` (STUDY §2)."
     P, T_ = len(text_embeddings), len(alphas_cumprod)
     stages = stage_timesteps(config.n_samples, T_)
     n_eval = sum(map(len, stages))
-    if latent.ndim == 3: latent = latent[None]
-    if noise.shape[0] < n_eval or tuple(noise.shape[1:]) != tuple(latent.shape[1:]):
-        raise ValueError(f"noise must be ({n_eval}, {', '.join(map(str, latent.shape[1:]))}) (one row per evaluated timestep), got {tuple(noise.shape)}.")
+    if latents.ndim != 4: raise ValueError(f"latents must be (N, C, h, w), got {tuple(latents.shape)}.")
+    N, shape = len(latents), tuple(latents.shape[1:])
+    if noises.ndim != 5 or noises.shape[0] != N or noises.shape[1] < n_eval or tuple(noises.shape[2:]) != shape:
+        raise ValueError(f"noise must be ({N}, {n_eval}, {', '.join(map(str, shape))}) (one row per image and evaluated timestep), got {tuple(noises.shape)}.")
     if config.to_keep[0] > P: raise ValueError(f"to_keep[0]={config.to_keep[0]} exceeds the {P} prompts.")
     if prediction_type not in ('epsilon', 'v_prediction'): raise ValueError(f"prediction_type {prediction_type!r} is not supported.")
     device = text_embeddings.device
-    z0 = latent.to(device, torch.float32)
+    z0 = latents.to(device, torch.float32)[:, None]                   # (N, 1, C, h, w): broadcast over timesteps
     acp = alphas_cumprod.to(device, torch.float32)
-    alive = torch.arange(P)
-    scores = np.full((len(stages), P), np.nan, dtype=np.float32)
-    all_errors = torch.full((P, n_eval), float('nan'))
-    stage_prompts, stage_errors, done = [], [], 0
+    img = torch.arange(N)[:, None]
+    alive = torch.arange(P).repeat(N, 1)                                # (N, A): every image's own alive prompts
+    scores = np.full((N, len(stages), P), np.nan, dtype=np.float32)
+    all_errors = torch.full((N, P, n_eval), float('nan'))
+    stage_prompts, stage_errors, done = [], [], 0                      # per stage: (N, A) prompts, (N, A, k) errors
     for s, (new_ts, keep) in enumerate(zip(stages, config.to_keep)):
-        k = len(new_ts)
+        k, A = len(new_ts), alive.shape[1]
         stage_prompts.append(alive.numpy().copy())
         if k:
             ts = torch.tensor(new_ts, device=device)
-            a = acp[ts].view(-1, 1, 1, 1)
-            eps = noise[done:done + k].to(device, torch.float32)
+            a = acp[ts].view(1, -1, 1, 1, 1)
+            eps = noises[:, done:done + k].to(device, torch.float32)     # (N, k, C, h, w)
             x_t = z0 * a ** 0.5 + eps * (1 - a) ** 0.5                      # q(x_t | x_0), by hand
             target = eps if prediction_type == 'epsilon' else a ** 0.5 * eps - (1 - a) ** 0.5 * z0
-            p_idx = alive.repeat_interleave(k).to(device)                    # prompt-major, like the reference
-            t_idx = torch.arange(k, device=device).repeat(len(alive))
+            i_idx = torch.arange(N, device=device).repeat_interleave(A * k)  # image-major, then prompt-major like the reference
+            p_idx = alive.repeat_interleave(k, dim=1).flatten().to(device)
+            t_idx = torch.arange(k, device=device).repeat(N * A)
             errs = torch.empty(len(p_idx), device=device)           # moved to the CPU once per stage (no sync per batch)
             for start in range(0, len(p_idx), config.batch_size):
-                ti, pi = t_idx[start:start + config.batch_size], p_idx[start:start + config.batch_size]
+                sl = slice(start, start + config.batch_size)
+                ii, ti, pi = i_idx[sl], t_idx[sl], p_idx[sl]
                 with autocast():
-                    out = unet(x_t[ti], ts[ti], encoder_hidden_states=text_embeddings[pi]).sample
-                errs[start:start + len(ti)] = _loss(config.loss, out.float(), target[ti])
-            block = errs.cpu().view(len(alive), k)
-            all_errors[alive, done:done + k] = block
+                    out = unet(x_t[ii, ti], ts[ti], encoder_hidden_states=text_embeddings[pi]).sample
+                errs[sl] = _loss(config.loss, out.float(), target[ii, ti])
+            block = errs.cpu().view(N, A, k)
+            all_errors[img, alive, done:done + k] = block
             stage_errors.append(block.numpy().copy()); done += k
-        else: stage_errors.append(np.zeros((len(alive), 0), dtype=np.float32))
-        sc = all_errors[alive, :done].mean(dim=1)
-        scores[s, alive.numpy()] = sc.numpy()
-        alive = alive[torch.sort(sc, stable=True).indices[:keep]]
-    return ImageResult(int(alive[0]), np.asarray([t for st in stages for t in st]), stage_prompts, stage_errors, scores)
+        else: stage_errors.append(np.zeros((N, A, 0), dtype=np.float32))
+        sc = all_errors[img, alive, :done].mean(dim=-1)                 # (N, A)
+        scores[:, s][img.numpy(), alive.numpy()] = sc.numpy()
+        alive = alive.gather(1, torch.sort(sc, dim=1, stable=True).indices[:, :keep])   # ties keep the earlier prompt
+    timesteps = np.asarray([t for st in stages for t in st])
+    return [ImageResult(int(alive[i, 0]), timesteps.copy(), [p[i].copy() for p in stage_prompts],
+                        [e[i].copy() for e in stage_errors], scores[i].copy()) for i in range(N)]
+
+def classify_latent(unet: Callable, latent: torch.Tensor, text_embeddings: torch.Tensor, noise: torch.Tensor,
+                    alphas_cumprod: torch.Tensor, config: ClassifierConfig, prediction_type: str = 'epsilon',
+                    autocast: Callable = contextlib.nullcontext) -> ImageResult:
+    "One latent `(1,C,h,w)` with its noise `(n_eval,C,h,w)`: `classify_latents` with N=1."
+    if latent.ndim == 3: latent = latent[None]
+    if latent.shape[0] != 1: raise ValueError(f"classify_latent takes one latent (1, C, h, w), got {tuple(latent.shape)}: use classify_latents.")
+    return classify_latents(unet, latent, text_embeddings, noise[None], alphas_cumprod, config, prediction_type, autocast)[0]
+
+# %% ../nbs/03_classifier.ipynb #bdd1139e
+_MAX_AUTO_GROUP = 32   # images per group when `images_per_batch` is None: bounds the VAE batch and the work an interruption loses
+
+def image_group_size(config: ClassifierConfig, n_prompts: int, num_train_timesteps: int = 1000) -> int:
+    "Images `classify` runs together: `config.images_per_batch`, or as many as fill one UNet batch with first-stage samples (at most 32)."
+    if config.images_per_batch is not None: return config.images_per_batch
+    first = n_prompts * len(stage_timesteps(config.n_samples, num_train_timesteps)[0])
+    return max(1, min(_MAX_AUTO_GROUP, config.batch_size // first))
 
 # %% ../nbs/03_classifier.ipynb #241bab3c
 def preprocess_image(image, resolution: int, interpolation: str = 'bicubic') -> torch.Tensor:
@@ -247,7 +273,7 @@ def _row(position, image_id, label, r: ImageResult, prompts: pd.DataFrame) -> di
 def classify(components: Components, dataset, prompts: pd.DataFrame | str | None = None,
              config: ClassifierConfig | None = None, seed: int = 0, cache: bool = True, shard='auto',
              model_name: str | None = None, progress: bool = True) -> pd.DataFrame:
-    "Zero-shot classify every image of `dataset` with `components` (STUDY §2); one row per image, cached per image."
+    "Zero-shot classify every image of `dataset` with `components` (STUDY §2), `image_group_size` images at a time; one row per image, cached per image."
     ds = as_classification_dataset(dataset)
     prompts = validate_prompts(prompts) if isinstance(prompts, pd.DataFrame) else load_prompts(prompts or ds.name)
     config = config or schedule_for(ds.name)
@@ -275,28 +301,37 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
                               resolution=resolution, compute_dtype=str(dtype), n_prompts=len(prompts)), folder / 'run.json')
     unet = _maybe_compile(components.unet, config.compile)
     acp = components.scheduler.alphas_cumprod
-    n_noise = max(config.n_samples)
-    text_embeddings, rows = None, {}
+    n_noise, group = max(config.n_samples), image_group_size(config, len(prompts), len(acp))
+    text_embeddings, rows, pending = None, {}, []       # pending: (position, image id, cache path) of uncached images
     mine = list(range(len(ds)))[rank::world]
     t0, n_done = time.perf_counter(), 0
-    bar = tqdm(mine, desc=f'classify {model_name or ""} {ds.name}'.replace('  ', ' '), disable=not progress)
-    for pos in bar:
+    bar = tqdm(total=len(mine), desc=f'classify {model_name or ""} {ds.name}'.replace('  ', ' '), disable=not progress)
+
+    def run_pending():
+        "Classify the pending images together: one VAE batch, shared UNet calls, one cache file each."
+        nonlocal text_embeddings, n_done
+        if text_embeddings is None: text_embeddings = encode_prompts(components, prompts.prompt.tolist()).to(device)
+        images, labels = zip(*(ds[pos] for pos, _, _ in pending))
+        x = torch.stack([preprocess_image(image, resolution, config.interpolation) for image in images])
+        z0 = encode_images(components, x.to(components.vae.device)).float()
+        noises = torch.stack([paired_noise(seed, image_id, n_noise, z0.shape[1:]) for _, image_id, _ in pending])
+        results = classify_latents(unet, z0, text_embeddings, noises, acp, config, prediction_type, _autocast(device, dtype))
+        for (pos, image_id, path), label, r in zip(pending, labels, results):
+            if path is not None: _save_result(path, r, image_id, label)
+            rows[pos] = _row(pos, image_id, label, r, prompts)
+        n_done += len(pending); bar.update(len(pending)); pending.clear()
+        bar.set_postfix({'img/s': f'{n_done / (time.perf_counter() - t0):.3g}'})
+
+    for pos in mine:
         image_id = int(ds.image_ids[pos])
         path = folder / f'{image_id:08d}.npz' if folder is not None else None
         if path is not None and path.exists():
             r, _, label = _load_result(path)
-        else:
-            if text_embeddings is None:
-                text_embeddings = encode_prompts(components, prompts.prompt.tolist()).to(device)
-            image, label = ds[pos]
-            x = preprocess_image(image, resolution, config.interpolation)
-            z0 = encode_images(components, x[None].to(components.vae.device)).float()
-            noise = paired_noise(seed, image_id, n_noise, z0.shape[1:])
-            r = classify_latent(unet, z0, text_embeddings, noise, acp, config, prediction_type, _autocast(device, dtype))
-            if path is not None: _save_result(path, r, image_id, label)
-            n_done += 1
-            bar.set_postfix({'img/s': f'{n_done / (time.perf_counter() - t0):.3g}'})
-        rows[pos] = _row(pos, image_id, label, r, prompts)
+            rows[pos] = _row(pos, image_id, label, r, prompts); bar.update()
+        else: pending.append((pos, image_id, path))
+        if len(pending) == group: run_pending()
+    if pending: run_pending()
+    bar.close()
     if launched and world > 1:
         state.wait_for_everyone()
         for pos in range(len(ds)):

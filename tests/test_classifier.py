@@ -1,6 +1,7 @@
 """The zero-shot diffusion classifier: closed-form bookkeeping, an independent naive re-implementation, invariance to
 batching / sharding / resuming, pairing across models, the drift report and clear errors."""
-import copy, os, pickle
+import copy, os, pickle, shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,11 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from open_forgetting.classifier import (ClassifierConfig, SCHEDULES, accuracy, class_scores, classify, classify_latent,
-                                        classify_models, confusion_matrix, drift_report, evaluations_per_image,
-                                        fit_temperature, merge_shards, paired_noise, per_class_accuracy, predict_proba,
-                                        preprocess_image, schedule_for, stage_timesteps, table1)
+from open_forgetting.classifier import (ClassifierConfig, SCHEDULES, _load_result, accuracy, class_scores, classify,
+                                        classify_latent, classify_latents, classify_models, confusion_matrix, drift_report,
+                                        evaluations_per_image, fit_temperature, image_group_size, merge_shards,
+                                        paired_noise, per_class_accuracy, predict_proba, preprocess_image, schedule_for,
+                                        stage_timesteps, table1)
 from open_forgetting.data import class_names, load_classification_dataset, load_prompts
+from open_forgetting.core import cache_dir
 from open_forgetting.models import encode_prompts, sd_scheduler, tiny_components
 
 torch.set_num_threads(1)   # the tiny UNet is fastest single-threaded on the shared CI machine (pytest -n runs workers)
@@ -201,6 +204,84 @@ def test_changed_settings_never_reuse_results(model, other_model):
     assert evals(model, seed=1) > 0
     assert evals(other_model) > 0
     assert evals(model, prompts=PROMPTS.assign(prompt=['a cat', 'a dog', 'a car', 'a photo of a cat'])) > 0
+
+
+
+# ---------- several images per UNet call ----------
+
+def _records(df):
+    "The cached ImageResult of every row of a cached `classify` frame."
+    folder = cache_dir('classifier', df.attrs['cache_key'])
+    return [_load_result(folder / f'{i:08d}.npz')[0] for i in df.image_id]
+
+
+def _same_records(a, b, rtol=1e-5):
+    "Same prediction, timesteps and pruning per image; errors and scores equal up to float rounding."
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.pred_prompt == rb.pred_prompt and np.array_equal(ra.timesteps, rb.timesteps)
+        assert all(np.array_equal(p, q) for p, q in zip(ra.stage_prompts, rb.stage_prompts))
+        assert [e.shape for e in ra.stage_errors] == [e.shape for e in rb.stage_errors]
+        np.testing.assert_allclose(ra.errors(), rb.errors(), rtol=rtol, atol=1e-7)
+        np.testing.assert_allclose(ra.scores, rb.scores, rtol=rtol, atol=1e-7)
+
+
+def test_classify_latents_is_classify_latent_per_image(model):
+    emb = encode_prompts(model, PROMPTS.prompt.tolist())
+    cfg = ClassifierConfig(to_keep=(3, 2, 1), n_samples=(2, 4, 8), loss='huber', batch_size=7)
+    z = torch.randn(5, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    noises = torch.stack([paired_noise(0, i, 8, (4, 16, 16)) for i in range(5)])
+    acp = model.scheduler.alphas_cumprod
+    with Counter(model.unet) as together: grouped = classify_latents(model.unet, z, emb, noises, acp, cfg)
+    with Counter(model.unet) as alone: single = [classify_latent(model.unet, z[i], emb, noises[i], acp, cfg) for i in range(5)]
+    _same_records(grouped, single)
+    assert together.n == alone.n == 5 * evaluations_per_image(cfg, len(PROMPTS))
+    # stages of 2, 4, 2 new timesteps: 40, 60, 20 samples in batches of 7 vs 8, 12, 4 per image
+    assert together.calls == 6 + 9 + 3 < alone.calls == 5 * (2 + 2 + 1)
+    with pytest.raises(ValueError, match=r'noise must be \(5, 8, 4, 16, 16\)'):
+        classify_latents(model.unet, z, emb, noises[:4], acp, cfg)
+    with pytest.raises(ValueError, match='one latent'): classify_latent(model.unet, z, emb, noises[0], acp, cfg)
+
+
+def test_image_groups_match_one_image_at_a_time(model):
+    "Groups of 1, 3 (straddling the end) and the automatic size give the same per-image records, with fewer UNet calls."
+    runs, calls = {}, {}
+    for ipb in (1, 3, None):
+        cfg = ClassifierConfig(to_keep=(2, 1), n_samples=(3, 6), batch_size=32, images_per_batch=ipb)
+        with Counter(model.unet) as c:
+            runs[ipb] = classify(model, Blobs(7, name=f'blobs-group-{ipb}'), PROMPTS, cfg, progress=False)
+        calls[ipb] = c.calls
+    assert image_group_size(cfg, len(PROMPTS)) == 32 // 12 == 2
+    for ipb in (3, None):
+        _same(runs[ipb], runs[1]); _same_records(_records(runs[ipb]), _records(runs[1]))
+    assert calls[1] == 7 * 2 and calls[3] == 2 * 3 + 2 and calls[None] == 4 * 2   # 12 + 6 samples per image: a group of 1 or 2 takes 2 calls, of 3 takes 3
+
+
+def test_resume_loses_at_most_the_group_in_flight(model):
+    cfg = ClassifierConfig(to_keep=(2, 1), n_samples=(3, 6), batch_size=8, images_per_batch=2)
+    uncached = classify(model, Blobs(6), PROMPTS, cfg, cache=False, progress=False)
+    with pytest.raises(KeyboardInterrupt):   # images 0 and 1 done, image 3 fails while its group (2, 3) is loaded
+        classify(model, Blobs(6, name='blobs-group-resume', fail_at=3), PROMPTS, cfg, progress=False)
+    with Counter(model.unet) as c:
+        resumed = classify(model, Blobs(6, name='blobs-group-resume'), PROMPTS, cfg, progress=False)
+    assert c.n == 4 * evaluations_per_image(cfg, len(PROMPTS))
+    _same(resumed, uncached)
+
+
+def test_miniworld_image_groups_match_one_image_at_a_time():
+    "The embedded miniworld model and preset schedule: 8 images per group (8 prompts x 4 timesteps = 32 samples each)."
+    from open_forgetting.miniworld import load_miniworld_base, miniworld_dataset, miniworld_prompts
+    base, prompts = load_miniworld_base(), miniworld_prompts('shape')
+    ds = miniworld_dataset('shape', 'test', n_per_class=2)
+    cfg = ClassifierConfig(to_keep=(2, 1), n_samples=(4, 12))
+    assert len(ds) == 16 and image_group_size(cfg, len(prompts)) == 8
+    one = classify(base, ds, prompts, replace(cfg, images_per_batch=1), progress=False)
+    folder = cache_dir('classifier', one.attrs['cache_key'])
+    records_one = _records(one); shutil.rmtree(folder)            # the same key: recompute, grouped this time
+    grouped = classify(base, ds, prompts, cfg, progress=False)
+    assert grouped.attrs['cache_key'] == one.attrs['cache_key']
+    _same(grouped, one); _same_records(_records(grouped), records_one)
+    assert accuracy(grouped) > 100 / len(prompts)                 # a trained model: better than chance
 
 
 # ---------- pairing across models ----------
