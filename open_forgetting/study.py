@@ -46,11 +46,17 @@ class StudyPreset:
     encoder: str = 'miniworld'                         # 'miniworld' or 'open_clip:<model>:<pretrained tag or file>'
     concepts_root: str | None = None                   # DreamBench folder (None: the miniworld's novel concepts)
     train: dict = field(default_factory=dict)          # TrainConfig overrides (steps, learning rate, ...)
+    lambda_dc: float | None = None                     # DC weight of the 'dc'/'dc_pr' variants (None: train.DEFAULT_LAMBDA_DC)
 
     def generation_settings(self) -> GenerationSettings: return GenerationSettings(**self.generation)
 
-_MW_TRAIN = dict(max_steps=300, learning_rate=1e-4, num_class_images=32, class_sampling_steps=25, class_guidance_scale=3.0,
+# The miniworld recipe (calibrated in data/miniworld/README.md, "Drift Correction in the miniature world"): at lr 1e-4
+# Adam's per-coordinate steps turn the DC term's sampling noise into drift of its own and DC cannot protect anything;
+# at lr 2e-5 DreamBooth still forgets, and DC at λ = 100 keeps the classifier while the concept is learned.
+_MW_TRAIN = dict(max_steps=300, learning_rate=2e-5, num_class_images=32, class_sampling_steps=25, class_guidance_scale=3.0,
                  instance_template='a {token} {class_noun}', class_template='a {class_noun}', dc_n_reg=1, progress=False)
+
+_MW_LAMBDA_DC = 100.0
 
 PRESETS: dict[str, StudyPreset] = {
     'smoke': StudyPreset('smoke', n_per_class=2, classifier=dict(to_keep=(1,), n_samples=(4,)), n_generic_prompts=3,
@@ -58,9 +64,9 @@ PRESETS: dict[str, StudyPreset] = {
                          generation=dict(scheduler='ddim', steps=4, guidance_scale=3.0),
                          train={**_MW_TRAIN, 'max_steps': 4, 'num_class_images': 2, 'class_sampling_steps': 4}),
     'miniworld': StudyPreset('miniworld', n_per_class=16, classifier=dict(to_keep=(2, 1), n_samples=(4, 12)),
-                             classifier_seeds=(0,), n_generic_prompts=12, diversity_seeds=tuple(range(6)), train=_MW_TRAIN),
+                             classifier_seeds=(0,), n_generic_prompts=12, diversity_seeds=tuple(range(6)), train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC),
     'miniworld-full': StudyPreset('miniworld-full', n_per_class=32, classifier=dict(to_keep=(2, 1), n_samples=(10, 30)),
-                                  classifier_seeds=(0, 1, 2), n_generic_prompts=24, train=_MW_TRAIN),
+                                  classifier_seeds=(0, 1, 2), n_generic_prompts=24, train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC),
     'sd15': StudyPreset('sd15', base_model='stable-diffusion-v1-5/stable-diffusion-v1-5',
                         classification=('cifar10', 'stl10', 'flowers', 'pets', 'objectnet', 'food', 'aircraft'),
                         dataset_root='~/datasets', n_per_class=None, n_generic_prompts=100, seeds=tuple(range(10)),
@@ -212,6 +218,7 @@ def miniworld_dc_prompt_file(n: int = 256, seed: int = 1) -> Path:
 def train_config(preset: StudyPreset, method: str, variant: str, **overrides) -> TrainConfig:
     "The method's usual settings in `variant`, with the preset's training budget and `overrides`."
     kw = {**preset.train, **{k: v for k, v in overrides.items() if v is not None}}
+    if variant != 'plain' and preset.lambda_dc is not None: kw.setdefault('lambda_dc', preset.lambda_dc)
     if preset.base_model == 'miniworld' and 'dc_prompt_file' not in kw: kw['dc_prompt_file'] = str(miniworld_dc_prompt_file())
     return variant_config(method, variant, **kw)
 
