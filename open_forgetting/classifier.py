@@ -27,7 +27,8 @@ from .data import (ClassificationDataset, as_classification_dataset, load_prompt
 __all__ = ['LOSSES', 'SCHEDULES', 'ClassifierConfig', 'schedule_for', 'timestep_grid', 'stage_timesteps', 'evaluations_per_image',
            'paired_noise', 'ImageResult', 'classify_latents', 'classify_latent', 'image_group_size', 'preprocess_image',
            'merge_shards', 'run_key', 'classify', 'classify_models', 'accuracy', 'per_class_accuracy',
-           'confusion_matrix', 'drift_report', 'table1', 'class_scores', 'predict_proba', 'fit_temperature']
+           'confusion_matrix', 'drift_report', 'table1', 'score_drift', 'class_scores', 'predict_proba',
+           'fit_temperature']
 
 # %% ../nbs/03_classifier.ipynb #574c6771
 LOSSES = ('l1', 'l2', 'huber')
@@ -417,6 +418,17 @@ def table1(results: Mapping[str, Mapping[str, pd.DataFrame]], base: str = 'base'
         text[dataset] = pd.Series(text[dataset], index=rep.index)
     numeric = pd.DataFrame(nums); numeric.columns = pd.MultiIndex.from_tuples(numeric.columns)
     return pd.DataFrame(text).rename_axis('model'), numeric.rename_axis('model')
+
+# %% ../nbs/03_classifier.ipynb #5d247e54
+def score_drift(results: Mapping[str, pd.DataFrame], base: str = 'base') -> pd.Series:
+    "Class-relative score drift vs `base` [ours]: mean squared change of each image's mean-centred first-stage prompt scores, over the base's mean square of them."
+    if base not in results: raise KeyError(f"base model {base!r} not in results {list(results)}.")
+    def centred(df):
+        s = np.stack([np.asarray(x, dtype=np.float64)[0] for x in df.scores])   # (images, prompts): stage 1 scores every prompt
+        return s - s.mean(1, keepdims=True)
+    cb = centred(results[base])
+    return pd.Series({name: float(((centred(_aligned(results[base], df, name)) - cb) ** 2).mean() / (cb ** 2).mean())
+                      for name, df in results.items()}, name='score_drift')
 
 # %% ../nbs/03_classifier.ipynb #73bdbb45
 def class_scores(results: pd.DataFrame, stage: int = 0) -> np.ndarray:

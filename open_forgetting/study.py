@@ -282,6 +282,9 @@ def demo_checks(run_dir: str | Path, plain: str = 'DB', corrected: str = 'DB-DC'
                 q = dc.mean(numeric_only=True)
                 add(f'{dataset}: {corrected} mean drop vs {plain}', f'{q["drop"]:.1f} vs {r["drop"]:.1f}', f'<= {r["drop"] / 2:.1f}',
                     r['drop'] > 0 and q['drop'] <= r['drop'] / 2)
+                if 'score_drift' in dc:   # [ours] supplementary: the classifier's scores, not only its argmin
+                    add(f'{dataset}: {corrected} score drift vs {plain} [ours]', f'{q.score_drift:.3f} vs {r.score_drift:.3f}',
+                        f'<= {r.score_drift / 2:.3f}', q.score_drift <= r.score_drift / 2)
     cdi = collect_results(run_dir, 'global_drift', 'cdi')
     if len(cdi):
         m = cdi.groupby('model').cdi.mean(); ctrl = m[[i for i in m.index if i.startswith('control')]].mean()

@@ -1,0 +1,38 @@
+"""The embedded world's central claim at CI size (issue 7): with the `miniworld` preset's recipe, DreamBooth moves the
+zero-shot classifier's evidence on the world's shapes, and Drift Correction keeps most of it.
+
+Accuracy on a few dozen images is too noisy to decide this in CI (one noise seed moves it by ±10 points), so the
+test compares `classifier.score_drift`: the paired, class-relative change of every prompt's score. The full
+accuracy checks at 256 images and 3 seeds are the demo's (`open-forgetting demo --preset miniworld-full`)."""
+import pytest
+
+from open_forgetting.classifier import ClassifierConfig, classify, score_drift
+from open_forgetting.miniworld import miniworld_dataset, miniworld_prompts
+from open_forgetting.study import get_preset, load_base, study_concept, train_config
+from open_forgetting.train import customize, load_customized
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "Base, DB and DB-DC of the `miniworld` preset on the heart emblem, trained with its recipe (seed 0)."
+    root = tmp_path_factory.mktemp('mw_drift')
+    preset = get_preset('miniworld')
+    base = load_base(preset)
+    concept = study_concept(preset, 'heart_emblem', root)
+    models = {'base': base}
+    for label, variant in (('DB', 'plain'), ('DB-DC', 'dc')):
+        run = customize(base, concept, train_config(preset, 'dreambooth', variant), out_dir=root / variant)
+        models[label] = load_customized(base, run)
+    return preset, models
+
+
+def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
+    preset, models = trained
+    assert preset.lambda_dc is not None and preset.lambda_dc > 0
+    data, prompts = miniworld_dataset('shape', 'test', n_per_class=8), miniworld_prompts('shape')
+    config = ClassifierConfig(to_keep=(1,), n_samples=(10,))          # one stage: every prompt scored at 10 timesteps
+    results = {name: classify(m, data, prompts, config, seed=0, cache=False, progress=False) for name, m in models.items()}
+    drift = score_drift(results)
+    assert drift['base'] == 0
+    assert drift['DB'] > 0.2, drift                  # DreamBooth moved the evidence by more than a fifth of its own spread
+    assert drift['DB-DC'] < drift['DB'] / 2, drift   # Drift Correction keeps at least half of what DreamBooth moved

@@ -1,0 +1,99 @@
+"""Sweep customization settings in the miniature world and measure what issue 7 asks of each: forgetting, fidelity, binding.
+
+Each configuration is a name and TrainConfig overrides on top of the `miniworld` preset's recipe, e.g.
+
+    .venv/bin/python tools/dc_sweep.py --out data/miniworld/dc_sweep.csv \\
+        'DB:plain:{}' 'DB-DC 10:dc:{"lambda_dc": 10}' 'DB-DC 100:dc:{"lambda_dc": 100}'
+
+(`NAME:VARIANT:JSON`, optionally `NAME:METHOD:VARIANT:JSON`). For every configuration it trains (or reuses) the
+customized model, then measures with the package's own code:
+- the zero-shot classifier on the world's shape and colour sets (one stage, every prompt scored at `--n-t`
+  timesteps, noise paired across models): accuracy, mean and worst-class drop with the paired 95% interval
+  (`classifier.drift_report`), and the class-relative score drift (`classifier.score_drift`);
+- fidelity: MiniClip CLIP-I between `--n-samples` generations of the instance prompt and the five instance images;
+- binding: how many of 20 held-out views the model classifies as its instance prompt (`study.concept_identification`).
+Rows are appended to `--out` (one per configuration and classification set); the base model's results are
+cached by fingerprint, so it is classified once. Use it for the λ sweeps that STUDY §3 asks for.
+"""
+import argparse, json, time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from open_forgetting.classifier import ClassifierConfig, classify_models, drift_report, score_drift
+from open_forgetting.core import home_dir
+from open_forgetting.generate import GenerationSettings, generate, load_images
+from open_forgetting.metrics import fidelity
+from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
+from open_forgetting.study import concept_identification, get_preset, load_base, study_concept, train_config
+from open_forgetting.train import customize, instance_image_files, load_customized
+
+
+def parse_config(text: str) -> tuple[str, str, str, dict]:
+    "'NAME:VARIANT:JSON' or 'NAME:METHOD:VARIANT:JSON' -> (name, method, variant, overrides)."
+    head, brace, rest = text.partition(':{')
+    parts = head.split(':')
+    if not brace or len(parts) not in (2, 3):
+        raise SystemExit(f"configuration {text!r}: expected NAME:VARIANT:JSON or NAME:METHOD:VARIANT:JSON.")
+    name, method, variant = (parts[0], 'dreambooth', parts[1]) if len(parts) == 2 else parts
+    return name, method, variant, json.loads('{' + rest)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('configs', nargs='+', help="NAME:VARIANT:JSON or NAME:METHOD:VARIANT:JSON (TrainConfig overrides)")
+    p.add_argument('--concept', default='heart_emblem')
+    p.add_argument('--preset', default='miniworld')
+    p.add_argument('--n-per-class', type=int, default=16)
+    p.add_argument('--n-t', type=int, default=10, help='timesteps per image of the one-stage classifier')
+    p.add_argument('--seeds', default='0', help='comma-separated classifier noise seeds')
+    p.add_argument('--n-samples', type=int, default=8, help='generations of the instance prompt for fidelity')
+    p.add_argument('--run-dir', default=str(home_dir() / 'runs' / 'dc_sweep'))
+    p.add_argument('--out', default='dc_sweep.csv')
+    p.add_argument('--threads', type=int, default=None)
+    a = p.parse_args(argv)
+    if a.threads: torch.set_num_threads(a.threads)
+    preset, run_dir = get_preset(a.preset), Path(a.run_dir)
+    base = load_base(preset)
+    concept = study_concept(preset, a.concept, run_dir)
+    real = load_images(instance_image_files(concept.instance_dir))
+    clip = load_miniworld_clip()
+    settings = GenerationSettings(**preset.generation)
+    config = ClassifierConfig(to_keep=(1,), n_samples=(a.n_t,))
+    seeds = [int(s) for s in a.seeds.split(',')]
+    for text in a.configs:
+        name, method, variant, overrides = parse_config(text)
+        t0 = time.time()
+        cfg = train_config(preset, method, variant, **overrides)
+        run = customize(base, concept, cfg, out_dir=run_dir / 'models' / f'{method}-{variant}-{cfg.key()}')
+        model = load_customized(base, run)
+        info = json.loads((run / 'run.json').read_text())
+        gen = generate({name: model}, [info['instance_prompt']], range(a.n_samples), settings, progress=False)
+        clip_i = float(fidelity(gen, real, clip).clip_i.iloc[0])
+        ident = concept_identification(model, a.concept, info['instance_prompt'], config=config)
+        hist = pd.read_csv(run / 'history.csv').tail(50).mean(numeric_only=True)
+        rows = []
+        for task in ('shape', 'colour'):
+            data, prompts = miniworld_dataset(task, 'test', a.n_per_class), miniworld_prompts(task)
+            runs = {}
+            for s in seeds:
+                for m, df in classify_models({'base': base, name: model}, data, prompts, config, seed=s, progress=False).items():
+                    runs.setdefault(m, []).append(df.assign(image_id=df.image_id * 1000 + s))
+            runs = {m: pd.concat(v, ignore_index=True) for m, v in runs.items()}
+            rep = drift_report(runs, n_classes=len(data.classes)).loc[name]
+            rows.append(dict(name=name, method=method, variant=variant, task=task, n_images=int(rep.n_images),
+                             base_accuracy=rep.base_accuracy, accuracy=rep.accuracy, drop=rep['drop'], drop_lo=rep.drop_lo,
+                             drop_hi=rep.drop_hi, worst_drop=rep.worst_drop, score_drift=score_drift(runs)[name],
+                             fidelity_clip_i=clip_i, views_identified=ident['n_correct'], inst_loss=hist.get('inst'),
+                             dc_loss=hist.get('dc'), lambda_dc=cfg.lambda_dc, learning_rate=cfg.learning_rate,
+                             max_steps=cfg.max_steps, overrides=json.dumps(overrides), seconds=time.time() - t0))
+        df = pd.DataFrame(rows)
+        out = Path(a.out)
+        df.to_csv(out, mode='a', header=not out.exists(), index=False)
+        print(df[['name', 'task', 'accuracy', 'drop', 'drop_lo', 'drop_hi', 'worst_drop', 'score_drift', 'fidelity_clip_i',
+                  'views_identified']].round(3).to_string(index=False), flush=True)
+
+
+if __name__ == '__main__':
+    main()
