@@ -50,10 +50,13 @@ class StudyPreset:
 
     def generation_settings(self) -> GenerationSettings: return GenerationSettings(**self.generation)
 
-# The miniworld recipe (calibrated in data/miniworld/README.md, "Drift Correction in the miniature world"): at lr 1e-4
-# Adam's per-coordinate steps turn the DC term's sampling noise into drift of its own and DC cannot protect anything;
-# at lr 2e-5 DreamBooth still forgets, and DC at λ = 100 keeps the classifier while the concept is learned.
-_MW_TRAIN = dict(max_steps=300, learning_rate=2e-5, num_class_images=32, class_sampling_steps=25, class_guidance_scale=3.0,
+# The miniworld recipe (calibrated with tools/dc_sweep.py; data/miniworld/README.md, "Drift Correction in the miniature
+# world"). At lr 1e-4 Adam's per-coordinate steps turn the DC term's sampling noise into drift of its own, and DC
+# protects nothing; at 2e-5 DreamBooth still forgets and DC at λ = 100 keeps the classifier. The identifier never
+# occurred in pretraining, so the text encoder trains too, at a textual-inversion-like rate (50 × lr): with it DC
+# binds the concept to its identifier instead of blocking it.
+_MW_TRAIN = dict(max_steps=300, learning_rate=2e-5, train_text_encoder=True, text_encoder_lr_scale=50.0,
+                 num_class_images=32, class_sampling_steps=25, class_guidance_scale=3.0,
                  instance_template='a {token} {class_noun}', class_template='a {class_noun}', dc_n_reg=1, progress=False)
 
 _MW_LAMBDA_DC = 100.0

@@ -150,6 +150,7 @@ class TrainConfig:
                                            # dependent kernels make DC ~1e-14 instead of exactly 0 at θ = θ0; False: separate pass)
     # method-specific
     train_text_encoder: bool = False       # dreambooth
+    text_encoder_lr_scale: float = 1.0     # dreambooth: text-encoder lr = learning_rate × this (1: one lr, as in diffusers)
     modifier_token: str = '<new1>'         # custom_diffusion
     initializer_token: str = 'ktn'         # custom_diffusion: the new token's embedding starts as this token's
     lora_rank: int = 4                     # lora
@@ -279,6 +280,12 @@ class DreamBooth(CustomizationMethod):
         components.text_encoder.requires_grad_(self.config.train_text_encoder)
 
     def text_training(self): return 'all' if self.config.train_text_encoder else 'none'
+
+    def optimizer_param_groups(self, params):
+        te = [p for k, p in params.items() if k.startswith('text_encoder.')]
+        if not te or self.config.text_encoder_lr_scale == 1.0: return super().optimizer_param_groups(params)
+        return [{'params': [p for k, p in params.items() if not k.startswith('text_encoder.')]},
+                {'params': te, 'lr_scale': self.config.text_encoder_lr_scale}]
 
 register_method('dreambooth', DreamBooth);
 
