@@ -27,8 +27,8 @@ from .losses import (training_target, denoising_loss, prior_preservation_loss, d
 __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC', 'TRAINED_FILE', 'RUN_FILE',
            'HISTORY_FILE', 'ConceptSpec', 'dreambench_subjects', 'dreambench_prompts', 'instance_image_files',
            'load_concept', 'load_instance_images', 'TrainConfig', 'CustomizationMethod', 'register_method',
-           'get_method', 'DreamBooth', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA',
-           'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
+           'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion',
+           'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
            'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
@@ -150,6 +150,8 @@ class TrainConfig:
                                            # dependent kernels make DC ~1e-14 instead of exactly 0 at θ = θ0; False: separate pass)
     # method-specific
     train_text_encoder: bool = False       # dreambooth
+    train_identifier_embedding: bool = False  # dreambooth: only the identifier's token embedding trains in the text encoder
+                                           # (pivotal tuning; diffusers' train_text_encoder_ti): other prompts' embeddings stay exact
     text_encoder_lr_scale: float = 1.0     # dreambooth: text-encoder lr = learning_rate × this (1: one lr, as in diffusers)
     modifier_token: str = '<new1>'         # custom_diffusion
     initializer_token: str = 'ktn'         # custom_diffusion: the new token's embedding starts as this token's
@@ -269,17 +271,27 @@ def get_method(config: TrainConfig) -> CustomizationMethod:
 
 # %% ../nbs/05_train.ipynb #640ded9b
 class DreamBooth(CustomizationMethod):
-    "DreamBooth (Ruiz et al. 2023): the full UNet (and optionally the text encoder) trains; a rare-token identifier names the concept."
+    "DreamBooth (Ruiz et al. 2023): the full UNet (and optionally the text encoder, or only the identifier's embedding) trains; a rare-token identifier names the concept."
     defaults = dict(learning_rate=5e-6, train_batch_size=1, max_steps=800, lambda_pr=1.0, num_class_images=200)
 
     @property
-    def modifies_text_encoder(self) -> bool: return self.config.train_text_encoder
+    def _identifier_only(self) -> bool: return self.config.train_identifier_embedding and not self.config.train_text_encoder
+    @property
+    def modifies_text_encoder(self) -> bool: return self.config.train_text_encoder or self.config.train_identifier_embedding
 
     def prepare(self, components, concept):
         components.unet.requires_grad_(True)
         components.text_encoder.requires_grad_(self.config.train_text_encoder)
+        if self._identifier_only:
+            ids = components.tokenizer.encode(self.concept_token(concept), add_special_tokens=False)
+            te = components.text_encoder
+            te.set_input_embeddings(TokenRowsEmbedding(te.get_input_embeddings(), ids))
 
-    def text_training(self): return 'all' if self.config.train_text_encoder else 'none'
+    def text_training(self): return 'all' if self.config.train_text_encoder else 'token' if self._identifier_only else 'none'
+
+    def finalize(self, components):
+        emb = components.text_encoder.get_input_embeddings()
+        if isinstance(emb, TokenRowsEmbedding): components.text_encoder.set_input_embeddings(emb.to_embedding())
 
     def optimizer_param_groups(self, params):
         te = [p for k, p in params.items() if k.startswith('text_encoder.')]
@@ -290,7 +302,37 @@ class DreamBooth(CustomizationMethod):
 register_method('dreambooth', DreamBooth);
 
 # %% ../nbs/05_train.ipynb #9797587e
-class ExtendedTokenEmbedding(nn.Module):
+class _TokenTable(nn.Module):
+    "A token-embedding table with trainable parts; `weight`, `num_embeddings` and `embedding_dim` like `nn.Embedding`."
+    @property
+    def embedding_dim(self) -> int: return self.base.embedding_dim
+
+    def to_embedding(self) -> nn.Embedding:
+        "A plain frozen `nn.Embedding` holding every row (the inference form)."
+        emb = nn.Embedding(self.num_embeddings, self.base.embedding_dim, device=self.base.weight.device, dtype=self.base.weight.dtype)
+        with torch.no_grad(): emb.weight.copy_(self.weight)
+        return emb.requires_grad_(False)
+
+class TokenRowsEmbedding(_TokenTable):
+    "A frozen token-embedding table whose rows for the tokens `ids` are trainable (textual inversion of existing tokens)."
+    def __init__(self, base: nn.Embedding, ids: Sequence[int]):
+        super().__init__()
+        if not len(ids): raise ValueError("TokenRowsEmbedding needs at least one token id.")
+        self.base = base.requires_grad_(False)
+        self.register_buffer('ids', torch.as_tensor(list(ids), dtype=torch.long, device=base.weight.device), persistent=False)
+        self.rows = nn.Parameter(base.weight.detach()[self.ids].clone())
+
+    @property
+    def weight(self) -> Tensor: return self.base.weight.index_copy(0, self.ids, self.rows.to(self.base.weight.dtype))
+    @property
+    def num_embeddings(self) -> int: return self.base.num_embeddings
+
+    def forward(self, ids: Tensor) -> Tensor:
+        match = ids[..., None] == self.ids                                   # (..., trainable tokens)
+        out = self.base(ids)
+        return torch.where(match.any(-1)[..., None], self.rows[match.to(torch.long).argmax(-1)].to(out.dtype), out)
+
+class ExtendedTokenEmbedding(_TokenTable):
     "A frozen token-embedding table plus trainable rows for tokens added after it (ids >= its size)."
     def __init__(self, base: nn.Embedding, new_rows: Tensor):
         super().__init__()
@@ -307,12 +349,6 @@ class ExtendedTokenEmbedding(nn.Module):
         old = self.base(ids.masked_fill(is_new, 0))
         new = self.new_rows[(ids - self.offset).clamp(0, len(self.new_rows) - 1)].to(old.dtype)
         return torch.where(is_new[..., None], new, old)
-
-    def to_embedding(self) -> nn.Embedding:
-        "A plain `nn.Embedding` holding old and new rows."
-        emb = nn.Embedding(self.num_embeddings, self.base.embedding_dim, device=self.base.weight.device, dtype=self.base.weight.dtype)
-        with torch.no_grad(): emb.weight.copy_(self.weight)
-        return emb.requires_grad_(False)
 
 def add_tokens(components: Components, tokens: Sequence[str], initializer: str) -> list[int]:
     "Add `tokens` to the tokenizer and give the text encoder trainable rows for them, initialised from `initializer`'s first token."
