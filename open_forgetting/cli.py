@@ -44,7 +44,7 @@ def demo(args=None) -> int:
     checks = demo_checks(run_dir)
     with pd.option_context('display.width', 160, 'display.max_colwidth', 60):
         print('\nScientific checks (issue 7), computed from the result files:')
-        print(checks.assign(passed=checks.passed.map({True: 'yes', False: 'NO'})).to_string(index=False))
+        print(checks.assign(passed=checks.passed.map({True: 'yes', False: 'NO'}).fillna('-')).to_string(index=False))
     print(f"\nTables: {run_dir}/table1.csv, table2.csv, table_diversity.csv; report notebook: {run_dir / 'report.ipynb'}")
     print(f"Figures: {run_dir / 'figures'} ({', '.join(sorted(p.name for p in (run_dir / 'figures').glob('*.png')))})")
     print(f"open-forgetting demo: finished in {time.time() - t0:.0f} s")

@@ -72,7 +72,8 @@ PRESETS: dict[str, StudyPreset] = {
                          generation=dict(scheduler='ddim', steps=4, guidance_scale=3.0),
                          train={**_MW_TRAIN, 'max_steps': 4, 'num_class_images': 2, 'class_sampling_steps': 4}),
     'miniworld': StudyPreset('miniworld', n_per_class=32, classifier=dict(to_keep=(2, 1), n_samples=(4, 12)),
-                             classifier_seeds=(0, 1, 2), n_generic_prompts=12, diversity_seeds=tuple(range(6)), train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC),
+                             classifier_seeds=(0, 1, 2), n_generic_prompts=12, diversity_seeds=tuple(range(6)), train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC,
+                             seeds=tuple(range(16)), control_seeds=tuple(range(100, 116))),   # 16 seeds: at 4 the control's CDI is seed noise
     'miniworld-full': StudyPreset('miniworld-full', n_per_class=32, classifier=dict(to_keep=(2, 1), n_samples=(10, 30)),
                                   classifier_seeds=(0, 1, 2), n_generic_prompts=24, train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC),
     'sd15': StudyPreset('sd15', base_model='stable-diffusion-v1-5/stable-diffusion-v1-5',
@@ -274,7 +275,7 @@ def collect_results(run_dir: str | Path, experiment: str, name: str) -> pd.DataF
 def demo_checks(run_dir: str | Path, plain: str = 'DB', corrected: str = 'DB-DC') -> pd.DataFrame:
     "Issue 7's checks from a run's result files: one row per check with its value, threshold and verdict."
     run_dir = Path(run_dir); rows = []
-    def add(check, value, threshold, passed): rows.append(dict(check=check, value=value, threshold=threshold, passed=bool(passed)))
+    def add(check, value, threshold, passed): rows.append(dict(check=check, value=value, threshold=threshold, passed=None if passed is None else bool(passed)))
     drift, per_class = collect_results(run_dir, 'global_drift', 'semantic_drift'), collect_results(run_dir, 'global_drift', 'per_class')
     for dataset, d in drift.groupby('dataset'):
         n_classes = per_class[per_class.dataset == dataset].classname.nunique()
@@ -304,8 +305,9 @@ def demo_checks(run_dir: str | Path, plain: str = 'DB', corrected: str = 'DB-DC'
         add(f'{corrected} fidelity (CLIP-I) vs {plain}', f'{f[corrected]:.3f} vs {f[plain]:.3f}', f'>= {0.9 * f[plain]:.3f}',
             f[corrected] >= 0.9 * f[plain])
     ident = collect_results(run_dir, 'customize', 'identification')
-    for r in ident.itertuples():
-        from open_forgetting.plots import model_label
-        add(f'{model_label(r.method, r.variant)} held-out views identified', f'{r.n_correct}/{r.n_views}', '>= 15/20',
-            r.n_correct >= 0.75 * r.n_views)
+    from open_forgetting.plots import model_label
+    for r in ident.itertuples():   # required of the corrected model; the others' counts are shown for comparison
+        label = model_label(r.method, r.variant)
+        add(f'{label} held-out views identified', f'{r.n_correct}/{r.n_views}', '>= 15/20' if label == corrected else '(shown)',
+            r.n_correct >= 0.75 * r.n_views if label == corrected else None)
     return pd.DataFrame(rows, columns=['check', 'value', 'threshold', 'passed'])
