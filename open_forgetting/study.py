@@ -60,9 +60,10 @@ class StudyPreset:
 # - DC's Z_reg are latents of the world (the base model's class images), not the instance batch: DC on the instance
 #   latents forbids learning the new shape at all; the replay set protected as well but kept less fidelity. (So in
 #   this preset X-DC\pr, without the prior-preservation term, still samples the class images, as DC's Z_reg.)
+# - two DC samples per step (r = 2): less noise in the DC gradient, less of the random walk of the first point.
 _MW_TRAIN = dict(max_steps=500, learning_rate=2e-5, train_identifier_embedding=True, text_encoder_lr_scale=50.0,
                  dc_latents='prior', num_class_images=32, class_sampling_steps=25, class_guidance_scale=3.0,
-                 instance_template='a {token} {class_noun}', class_template='a {class_noun}', dc_n_reg=1, progress=False)
+                 instance_template='a {token} {class_noun}', class_template='a {class_noun}', dc_n_reg=2, progress=False)
 
 _MW_LAMBDA_DC = 100.0
 
