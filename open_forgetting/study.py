@@ -76,7 +76,8 @@ PRESETS: dict[str, StudyPreset] = {
                              classifier_seeds=(0, 1, 2), n_generic_prompts=12, diversity_seeds=tuple(range(6)), train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC,
                              seeds=tuple(range(16)), control_seeds=tuple(range(100, 116))),   # 16 seeds: at 4 the control's CDI is seed noise
     'miniworld-full': StudyPreset('miniworld-full', n_per_class=32, classifier=dict(to_keep=(2, 1), n_samples=(10, 30)),
-                                  classifier_seeds=(0, 1, 2), n_generic_prompts=24, train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC),
+                                  classifier_seeds=(0, 1, 2), n_generic_prompts=24, train=_MW_TRAIN, lambda_dc=_MW_LAMBDA_DC,
+                                  seeds=tuple(range(16)), control_seeds=tuple(range(100, 116))),
     'sd15': StudyPreset('sd15', base_model='stable-diffusion-v1-5/stable-diffusion-v1-5',
                         classification=('cifar10', 'stl10', 'flowers', 'pets', 'objectnet', 'food', 'aircraft'),
                         dataset_root='~/datasets', n_per_class=None, n_generic_prompts=100, seeds=tuple(range(10)),
