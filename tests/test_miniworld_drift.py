@@ -8,7 +8,7 @@ import pytest
 
 from open_forgetting.classifier import ClassifierConfig, classify, score_drift
 from open_forgetting.miniworld import miniworld_dataset, miniworld_prompts
-from open_forgetting.study import get_preset, load_base, study_concept, train_config
+from open_forgetting.study import concept_identification, get_preset, load_base, study_concept, train_config
 from open_forgetting.train import customize, load_customized
 
 
@@ -23,11 +23,11 @@ def trained(tmp_path_factory):
     for label, variant in (('DB', 'plain'), ('DB-DC', 'dc')):
         run = customize(base, concept, train_config(preset, 'dreambooth', variant), out_dir=root / variant)
         models[label] = load_customized(base, run)
-    return preset, models
+    return preset, models, concept
 
 
 def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
-    preset, models = trained
+    preset, models, _ = trained
     assert preset.lambda_dc is not None and preset.lambda_dc > 0
     data, prompts = miniworld_dataset('shape', 'test', n_per_class=8), miniworld_prompts('shape')
     config = ClassifierConfig(to_keep=(1,), n_samples=(10,))          # one stage: every prompt scored at 10 timesteps
@@ -36,3 +36,10 @@ def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
     assert drift['base'] == 0
     assert drift['DB'] > 0.2, drift                  # DreamBooth moved the evidence by more than a fifth of its own spread
     assert drift['DB-DC'] < drift['DB'] / 2, drift   # Drift Correction keeps at least half of what DreamBooth moved
+
+
+def test_drift_correction_binds_the_concept_to_its_identifier(trained):
+    "Issue 7's check: at least 15 of 20 held-out views of the concept are classified as its instance prompt."
+    _, models, concept = trained
+    ident = concept_identification(models['DB-DC'], concept.name, f'a {concept.identifier} {concept.class_noun}')
+    assert ident['n_correct'] >= 15, ident
