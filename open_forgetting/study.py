@@ -24,7 +24,7 @@ __all__ = ['PRESETS', 'VARIANTS', 'StudyPreset', 'get_preset', 'check_choice', '
            'load_base', 'load_encoder', 'classification_sets', 'classifier_config', 'study_concept',
            'generic_appearance_prompts', 'related_appearance_prompts', 'concept_identification', 'model_dir',
            'miniworld_dc_prompt_file', 'train_config', 'ensure_customized', 'load_study_model', 'default_run_dir',
-           'paired_generations', 'save_table', 'collect_results', 'demo_checks']
+           'paired_generations', 'classify_over_seeds', 'save_table', 'collect_results', 'demo_checks']
 
 # %% ../nbs/14_study.ipynb #91eaa16a
 @dataclass
@@ -261,6 +261,16 @@ def paired_generations(preset: StudyPreset, base: Components, model: Components,
                           generate({label: model}, prompts, preset.seeds, settings, progress=False)], ignore_index=True)
     pairs = pair_manifest(manifest, base='base', seeds=preset.seeds, control_seeds=preset.control_seeds)
     return manifest, pairs.replace({'model': {'control': CONTROL_LABEL}})
+
+def classify_over_seeds(models: dict[str, Components], dataset, prompts: pd.DataFrame, config: ClassifierConfig,
+                        seeds: Sequence[int]) -> dict[str, pd.DataFrame]:
+    "`classify_models` at every classifier noise seed, concatenated: each (image, seed) pair is one paired sample (image_id·1000 + seed)."
+    from open_forgetting.classifier import classify_models
+    runs = {}
+    for s in seeds:
+        for m, df in classify_models(models, dataset, prompts, config, seed=s, progress=False).items():
+            runs.setdefault(m, []).append(df.assign(image_id=df.image_id * 1000 + s, classifier_seed=s))
+    return {m: pd.concat(v, ignore_index=True) for m, v in runs.items()}
 
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
     "Write a tidy result table as `<out_dir>/<name>.csv` atomically; returns the path."

@@ -8,8 +8,7 @@ import pytest
 
 from open_forgetting.classifier import ClassifierConfig, classify, score_drift
 from open_forgetting.miniworld import miniworld_dataset, miniworld_prompts
-from open_forgetting.study import concept_identification, get_preset, load_base, study_concept, train_config
-from open_forgetting.train import customize, load_customized
+from open_forgetting.study import concept_identification, get_preset, load_study_model, study_concept
 
 
 @pytest.fixture(scope='module')
@@ -17,13 +16,9 @@ def trained(tmp_path_factory):
     "Base, DB and DB-DC of the `miniworld` preset on the heart emblem, trained with its recipe (seed 0)."
     root = tmp_path_factory.mktemp('mw_drift')
     preset = get_preset('miniworld')
-    base = load_base(preset)
-    concept = study_concept(preset, 'heart_emblem', root)
-    models = {'base': base}
-    for label, variant in (('DB', 'plain'), ('DB-DC', 'dc')):
-        run = customize(base, concept, train_config(preset, 'dreambooth', variant), out_dir=root / variant)
-        models[label] = load_customized(base, run)
-    return preset, models, concept
+    models = {label: load_study_model(preset, root, 'heart_emblem', method, variant)
+              for label, method, variant in (('base', 'base', 'plain'), ('DB', 'dreambooth', 'plain'), ('DB-DC', 'dreambooth', 'dc'))}
+    return preset, models, study_concept(preset, 'heart_emblem', root)
 
 
 def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):

@@ -21,12 +21,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from open_forgetting.classifier import ClassifierConfig, classify_models, drift_report, score_drift
+from open_forgetting.classifier import ClassifierConfig, drift_report, score_drift
 from open_forgetting.core import home_dir
 from open_forgetting.generate import GenerationSettings, generate, load_images
 from open_forgetting.metrics import fidelity
 from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
-from open_forgetting.study import concept_identification, get_preset, load_base, study_concept, train_config
+from open_forgetting.study import (classify_over_seeds, concept_identification, get_preset, load_base, study_concept,
+                                   train_config)
 from open_forgetting.train import customize, instance_image_files, load_customized
 
 
@@ -76,11 +77,7 @@ def main(argv=None):
         rows = []
         for task in ('shape', 'colour'):
             data, prompts = miniworld_dataset(task, 'test', a.n_per_class), miniworld_prompts(task)
-            runs = {}
-            for s in seeds:
-                for m, df in classify_models({'base': base, name: model}, data, prompts, config, seed=s, progress=False).items():
-                    runs.setdefault(m, []).append(df.assign(image_id=df.image_id * 1000 + s))
-            runs = {m: pd.concat(v, ignore_index=True) for m, v in runs.items()}
+            runs = classify_over_seeds({'base': base, name: model}, data, prompts, config, seeds)
             rep = drift_report(runs, n_classes=len(data.classes)).loc[name]
             rows.append(dict(name=name, method=method, variant=variant, task=task, n_images=int(rep.n_images),
                              base_accuracy=rep.base_accuracy, accuracy=rep.accuracy, drop=rep['drop'], drop_lo=rep.drop_lo,
