@@ -146,7 +146,7 @@ def plot_metric_bars(df: pd.DataFrame, value: str, x: str = 'prompt', group: str
     sns.barplot(df, x=x, y=value, hue=group, hue_order=order, order=order if x == group else None,
                 palette=palette(order), ax=ax, errorbar=('ci', 95))
     ax.set_ylabel(ylabel or value); ax.tick_params(axis='x', rotation=30, labelsize=7)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc='upper left', bbox_to_anchor=(1.01, 1))   # beside the axes: inside, it hid the first bars
     return ax
 
 def plot_class_drops(per_class: pd.DataFrame, group: str = 'model', value: str = 'drop', top: int = 20) -> plt.Axes:
