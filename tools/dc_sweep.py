@@ -41,6 +41,12 @@ def parse_config(text: str) -> tuple[str, str, str, dict]:
     return name, method, variant, json.loads('{' + rest)
 
 
+def text_encoder_training(cfg) -> str:
+    "What of the text encoder trains, in words (a column of the table)."
+    if cfg.train_identifier_embedding: return f'identifier row, {cfg.text_encoder_lr_scale:g}x lr'
+    return f'all, {cfg.text_encoder_lr_scale:g}x lr' if cfg.train_text_encoder else 'frozen'
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('configs', nargs='+', help="NAME:VARIANT:JSON or NAME:METHOD:VARIANT:JSON (TrainConfig overrides)")
@@ -84,10 +90,14 @@ def main(argv=None):
                              drop_hi=rep.drop_hi, worst_drop=rep.worst_drop, score_drift=score_drift(runs)[name],
                              fidelity_clip_i=clip_i, views_identified=ident['n_correct'], inst_loss=hist.get('inst'),
                              dc_loss=hist.get('dc'), lambda_dc=cfg.lambda_dc, learning_rate=cfg.learning_rate,
-                             max_steps=cfg.max_steps, overrides=json.dumps(overrides), seconds=time.time() - t0))
+                             max_steps=cfg.max_steps, text_encoder=text_encoder_training(cfg),
+                             dc_latents=cfg.dc_latents if cfg.uses_dc else None, dc_n_reg=cfg.dc_n_reg if cfg.uses_dc else None,
+                             dc_prompts=cfg.dc_prompts if cfg.uses_dc else None, seed=cfg.seed,
+                             overrides=json.dumps(overrides), seconds=time.time() - t0))
         df = pd.DataFrame(rows)
-        out = Path(a.out)
-        df.to_csv(out, mode='a', header=not out.exists(), index=False)
+        out = Path(a.out)   # appended by column name (older rows may lack newer columns), written atomically
+        table = pd.concat([pd.read_csv(out), df], ignore_index=True) if out.exists() else df
+        tmp = out.with_name(out.name + '.tmp'); table.to_csv(tmp, index=False); tmp.replace(out)
         print(df[['name', 'task', 'accuracy', 'drop', 'drop_lo', 'drop_hi', 'worst_drop', 'score_drift', 'fidelity_clip_i',
                   'views_identified']].round(3).to_string(index=False), flush=True)
 
