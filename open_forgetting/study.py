@@ -70,7 +70,7 @@ _MW_TRAIN = dict(max_steps=500, learning_rate=2e-5, train_identifier_embedding=T
                  instance_template='a {token} {class_noun}', class_template='a {class_noun}', dc_n_reg=2, dc_prompts='empty',
                  progress=False)
 
-_MW_LAMBDA_DC = 150.0
+_MW_LAMBDA_DC = 175.0
 
 PRESETS: dict[str, StudyPreset] = {
     'smoke': StudyPreset('smoke', n_per_class=2, classifier=dict(to_keep=(1,), n_samples=(4,)), n_generic_prompts=3,
