@@ -1,5 +1,6 @@
 """The embedded world's central claim at CI size (issue 7): with the `miniworld` preset's recipe, DreamBooth moves the
-zero-shot classifier's evidence on the world's shapes, and Drift Correction keeps most of it.
+zero-shot classifier's evidence on the world's shapes, and Drift Correction keeps most of it while still learning the
+concept (binding and fidelity).
 
 Accuracy on a few dozen images is too noisy to decide this in CI (one noise seed moves it by ±10 points), so the
 test compares `classifier.score_drift`: the paired, class-relative change of every prompt's score. The full
@@ -7,8 +8,11 @@ accuracy checks at 256 images and 3 seeds are the demo's (`open-forgetting demo 
 import pytest
 
 from open_forgetting.classifier import ClassifierConfig, classify, score_drift
-from open_forgetting.miniworld import miniworld_dataset, miniworld_prompts
+from open_forgetting.generate import generate, load_images
+from open_forgetting.metrics import fidelity
+from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
 from open_forgetting.study import concept_identification, get_preset, load_study_model, study_concept
+from open_forgetting.train import instance_image_files
 
 
 @pytest.fixture(scope='module')
@@ -18,11 +22,11 @@ def trained(tmp_path_factory):
     preset = get_preset('miniworld')
     models = {label: load_study_model(preset, root, 'heart_emblem', method, variant)
               for label, method, variant in (('base', 'base', 'plain'), ('DB', 'dreambooth', 'plain'), ('DB-DC', 'dreambooth', 'dc'))}
-    return preset, models, study_concept(preset, 'heart_emblem', root)
+    return preset, models, study_concept(preset, 'heart_emblem', root), root
 
 
 def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
-    preset, models, _ = trained
+    preset, models, _, _ = trained
     assert preset.lambda_dc is not None and preset.lambda_dc > 0
     data, prompts = miniworld_dataset('shape', 'test', n_per_class=8), miniworld_prompts('shape')
     config = ClassifierConfig(to_keep=(1,), n_samples=(10,))          # one stage: every prompt scored at 10 timesteps
@@ -35,6 +39,17 @@ def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
 
 def test_drift_correction_binds_the_concept_to_its_identifier(trained):
     "Issue 7's check: at least 15 of 20 held-out views of the concept are classified as its instance prompt."
-    _, models, concept = trained
+    _, models, concept, _ = trained
     ident = concept_identification(models['DB-DC'], concept.name, f'a {concept.identifier} {concept.class_noun}')
     assert ident['n_correct'] >= 15, ident
+
+
+def test_drift_correction_keeps_the_concepts_fidelity(trained):
+    "Issue 7's check, as the demo computes it: MiniClip CLIP-I of the preset's 16 seeds of the instance prompt vs the five instance images; DB-DC within 10% of DB."
+    preset, models, concept, root = trained
+    prompt = f'a {concept.identifier} {concept.class_noun}'
+    gen = generate({k: models[k] for k in ('DB', 'DB-DC')}, [prompt], preset.seeds, preset.generation_settings(),
+                   root=root / 'images', progress=False)
+    real = load_images(instance_image_files(concept.instance_dir))
+    clip_i = fidelity(gen, real, load_miniworld_clip()).set_index('model').clip_i
+    assert clip_i['DB-DC'] >= 0.9 * clip_i['DB'], clip_i.to_dict()
