@@ -24,7 +24,8 @@ __all__ = ['PRESETS', 'VARIANTS', 'StudyPreset', 'get_preset', 'check_choice', '
            'load_base', 'load_encoder', 'classification_sets', 'classifier_config', 'study_concept',
            'generic_appearance_prompts', 'related_appearance_prompts', 'concept_identification', 'model_dir',
            'miniworld_dc_prompt_file', 'train_config', 'ensure_customized', 'load_study_model', 'default_run_dir',
-           'paired_generations', 'classify_over_seeds', 'save_table', 'collect_results', 'demo_checks']
+           'paired_generations', 'classify_over_seeds', 'concept_fidelity', 'save_table', 'collect_results',
+           'demo_checks']
 
 # %% ../nbs/14_study.ipynb #91eaa16a
 @dataclass
@@ -277,6 +278,16 @@ def classify_over_seeds(models: dict[str, Components], dataset, prompts: pd.Data
         for m, df in classify_models(models, dataset, prompts, config, seed=s, progress=False).items():
             runs.setdefault(m, []).append(df.assign(image_id=df.image_id * 1000 + s, classifier_seed=s))
     return {m: pd.concat(v, ignore_index=True) for m, v in runs.items()}
+
+def concept_fidelity(models: dict[str, Components], instance_dir: str | Path, instance_prompt: str, seeds: Sequence[int],
+                     settings: GenerationSettings, encoder, root: str | Path | None = None):
+    "Concept fidelity (Table 2): `generate` the instance prompt at `seeds` per model, score against the instance images; returns (table, manifest, real images)."
+    from open_forgetting.generate import generate, load_images
+    from open_forgetting.metrics import fidelity
+    from open_forgetting.train import instance_image_files
+    gen = generate(models, [instance_prompt], seeds, settings, root=root, progress=False)
+    real = load_images(instance_image_files(Path(instance_dir)))
+    return fidelity(gen, real, encoder), gen, real
 
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
     "Write a tidy result table as `<out_dir>/<name>.csv` atomically; returns the path."

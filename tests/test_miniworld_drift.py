@@ -8,25 +8,24 @@ accuracy checks at 256 images and 3 seeds are the demo's (`open-forgetting demo 
 import pytest
 
 from open_forgetting.classifier import ClassifierConfig, classify, score_drift
-from open_forgetting.generate import generate, load_images
-from open_forgetting.metrics import fidelity
 from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
-from open_forgetting.study import concept_identification, get_preset, load_study_model, study_concept
-from open_forgetting.train import instance_image_files
+from open_forgetting.study import concept_fidelity, concept_identification, get_preset, load_study_model, study_concept
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    "Base, DB and DB-DC of the `miniworld` preset on the heart emblem, trained with its recipe (seed 0)."
+    "Base, DB and DB-DC of the `miniworld` preset on the heart emblem, trained with its recipe (seed 0), and the instance prompt."
     root = tmp_path_factory.mktemp('mw_drift')
     preset = get_preset('miniworld')
     models = {label: load_study_model(preset, root, 'heart_emblem', method, variant)
               for label, method, variant in (('base', 'base', 'plain'), ('DB', 'dreambooth', 'plain'), ('DB-DC', 'dreambooth', 'dc'))}
-    return preset, models, study_concept(preset, 'heart_emblem', root), root
+    concept = study_concept(preset, 'heart_emblem', root)
+    instance_prompt = preset.train['instance_template'].format(token=concept.identifier, class_noun=concept.class_noun)
+    return preset, models, concept, instance_prompt, root
 
 
 def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
-    preset, models, _, _ = trained
+    preset, models, *_ = trained
     assert preset.lambda_dc is not None and preset.lambda_dc > 0
     data, prompts = miniworld_dataset('shape', 'test', n_per_class=8), miniworld_prompts('shape')
     config = ClassifierConfig(to_keep=(1,), n_samples=(10,))          # one stage: every prompt scored at 10 timesteps
@@ -39,17 +38,15 @@ def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
 
 def test_drift_correction_binds_the_concept_to_its_identifier(trained):
     "Issue 7's check: at least 15 of 20 held-out views of the concept are classified as its instance prompt."
-    _, models, concept, _ = trained
-    ident = concept_identification(models['DB-DC'], concept.name, f'a {concept.identifier} {concept.class_noun}')
+    _, models, concept, instance_prompt, _ = trained
+    ident = concept_identification(models['DB-DC'], concept.name, instance_prompt)
     assert ident['n_correct'] >= 15, ident
 
 
 def test_drift_correction_keeps_the_concepts_fidelity(trained):
     "Issue 7's check, as the demo computes it: MiniClip CLIP-I of the preset's 16 seeds of the instance prompt vs the five instance images; DB-DC within 10% of DB."
-    preset, models, concept, root = trained
-    prompt = f'a {concept.identifier} {concept.class_noun}'
-    gen = generate({k: models[k] for k in ('DB', 'DB-DC')}, [prompt], preset.seeds, preset.generation_settings(),
-                   root=root / 'images', progress=False)
-    real = load_images(instance_image_files(concept.instance_dir))
-    clip_i = fidelity(gen, real, load_miniworld_clip()).set_index('model').clip_i
+    preset, models, concept, instance_prompt, root = trained
+    fid = concept_fidelity({k: models[k] for k in ('DB', 'DB-DC')}, concept.instance_dir, instance_prompt, preset.seeds,
+                           preset.generation_settings(), load_miniworld_clip(), root=root / 'images')[0]
+    clip_i = fid.set_index('model').clip_i
     assert clip_i['DB-DC'] >= 0.9 * clip_i['DB'], clip_i.to_dict()

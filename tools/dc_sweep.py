@@ -22,13 +22,12 @@ import pandas as pd
 import torch
 
 from open_forgetting.classifier import ClassifierConfig, drift_report, score_drift
-from open_forgetting.core import home_dir
-from open_forgetting.generate import GenerationSettings, generate, load_images
-from open_forgetting.metrics import fidelity
+from open_forgetting.core import atomic_write, home_dir
+from open_forgetting.generate import GenerationSettings
 from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
-from open_forgetting.study import (classify_over_seeds, concept_identification, get_preset, load_base, study_concept,
-                                   train_config)
-from open_forgetting.train import customize, instance_image_files, load_customized
+from open_forgetting.study import (classify_over_seeds, concept_fidelity, concept_identification, get_preset, load_base,
+                                   study_concept, train_config)
+from open_forgetting.train import customize, load_customized
 
 
 def parse_config(text: str) -> tuple[str, str, str, dict]:
@@ -64,7 +63,6 @@ def main(argv=None):
     preset, run_dir = get_preset(a.preset), Path(a.run_dir)
     base = load_base(preset)
     concept = study_concept(preset, a.concept, run_dir)
-    real = load_images(instance_image_files(concept.instance_dir))
     clip = load_miniworld_clip()
     settings = GenerationSettings(**preset.generation)
     config = ClassifierConfig(to_keep=(1,), n_samples=(a.n_t,))
@@ -76,8 +74,8 @@ def main(argv=None):
         run = customize(base, concept, cfg, out_dir=run_dir / 'models' / f'{method}-{variant}-{cfg.key()}')
         model = load_customized(base, run)
         info = json.loads((run / 'run.json').read_text())
-        gen = generate({name: model}, [info['instance_prompt']], range(a.n_samples), settings, progress=False)
-        clip_i = float(fidelity(gen, real, clip).clip_i.iloc[0])
+        fid = concept_fidelity({name: model}, concept.instance_dir, info['instance_prompt'], range(a.n_samples), settings, clip)[0]
+        clip_i = float(fid.clip_i.iloc[0])
         ident = concept_identification(model, a.concept, info['instance_prompt'], config=config)
         hist = pd.read_csv(run / 'history.csv').tail(50).mean(numeric_only=True)
         rows = []
@@ -97,7 +95,7 @@ def main(argv=None):
         df = pd.DataFrame(rows)
         out = Path(a.out)   # appended by column name (older rows may lack newer columns), written atomically
         table = pd.concat([pd.read_csv(out), df], ignore_index=True) if out.exists() else df
-        tmp = out.with_name(out.name + '.tmp'); table.to_csv(tmp, index=False); tmp.replace(out)
+        with atomic_write(out, 'w') as f: table.to_csv(f, index=False)
         print(df[['name', 'task', 'accuracy', 'drop', 'drop_lo', 'drop_hi', 'worst_drop', 'score_drift', 'fidelity_clip_i',
                   'views_identified']].round(3).to_string(index=False), flush=True)
 
