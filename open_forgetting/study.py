@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from .core import home_dir, data_path, atomic_write
+from .core import home_dir, data_path, atomic_write, stable_hash
 from .models import Components, load_components
 from .classifier import ClassifierConfig, schedule_for
 from .generate import GenerationSettings
@@ -253,9 +253,13 @@ def load_study_model(preset: StudyPreset, run_dir: str | Path, concept: str, met
     if method == 'base': return base
     return load_customized(base, ensure_customized(preset, run_dir, concept, method, variant))
 
-def default_run_dir(run_dir: str, notebook: str) -> Path:
-    "`run_dir`, or (when empty, e.g. a notebook run on its own) a folder of its own under `$OPEN_FORGETTING_HOME/runs`."
-    return Path(run_dir) if run_dir else home_dir() / 'runs' / f'notebook-{notebook}'
+def default_run_dir(run_dir: str, notebook: str, preset: StudyPreset | None = None) -> Path:
+    "`run_dir`, or (when empty, e.g. a notebook run on its own) a folder of its own under `$OPEN_FORGETTING_HOME/runs`, keyed by `preset`."
+    if run_dir: return Path(run_dir)
+    # keyed by the preset's every field: after a recipe change a standalone notebook trains afresh instead of meeting
+    # the old recipe's finished run (which `customize` refuses to overwrite)
+    key = f'-{preset.name}-{stable_hash(dataclasses.asdict(preset), 8)}' if preset is not None else ''
+    return home_dir() / 'runs' / f'notebook-{notebook}{key}'
 
 def paired_generations(preset: StudyPreset, base: Components, model: Components, label: str,
                        prompts: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
