@@ -13,7 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['get_device', 'get_dtype', 'seed_everything', 'torch_generator', 'home_dir', 'cache_dir', 'repo_root', 'data_path',
-           'atomic_write', 'atomic_save_json', 'load_json', 'stable_hash', 'model_fingerprint', 'batched']
+           'atomic_write', 'atomic_save_json', 'load_json', 'stable_hash', 'model_fingerprint', 'batched',
+           'DamagedFileError', 'NonFiniteError', 'file_sha256', 'quarantine', 'check_finite', 'check_name']
 
 # %% ../nbs/00_core.ipynb #26eb37f0
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
@@ -153,3 +154,42 @@ def batched(items: Iterable, size: int):
         batch.append(x)
         if len(batch) == size: yield batch; batch = []
     if batch: yield batch
+
+# %% ../nbs/00_core.ipynb #f0cf6cea
+class DamagedFileError(ValueError):
+    "A cached file failed verification (truncated, bit-flipped, or not what its checksum says)."
+
+class NonFiniteError(FloatingPointError):
+    "A model produced NaN or inf."
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    "SHA-256 hex digest of a file's bytes, read in chunks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while block := f.read(chunk): h.update(block)
+    return h.hexdigest()
+
+def quarantine(path: str | Path, reason: str) -> Path:
+    "Move a damaged file aside to `<name>.damaged-<time>` (never deleted), warn naming it and why; returns the new path."
+    import time, warnings
+    path = Path(path); dest = path.with_name(f'{path.name}.damaged-{time.strftime("%Y%m%dT%H%M%S")}-{os.getpid()}')
+    os.replace(path, dest)
+    warnings.warn(f"{path} is damaged ({reason}); moved aside to {dest.name} and recomputing.", stacklevel=2)
+    return dest
+
+def check_finite(x: torch.Tensor, model: str = 'model', where: str = '') -> torch.Tensor:
+    "Return `x`, or raise `NonFiniteError` naming the model and where (e.g. 'training step 12') when it holds NaN or inf."
+    if not torch.isfinite(x).all():
+        bad = 'NaN' if torch.isnan(x).any() else 'inf'
+        raise NonFiniteError(f"{model} returned {bad} values{' at ' + where if where else ''}. Check the model's weights "
+                             f"(a damaged file, an fp16 overflow: try dtype='fp32' or 'bf16') or lower the learning rate.")
+    return x
+
+_NAME_OK = set('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+=')
+
+def check_name(kind: str, value: Any) -> str:
+    "Return `value` if it is safe as one folder name (letters, digits, `_-.+=`, not `.`/`..`), else a ValueError naming it."
+    if not isinstance(value, str) or not value or value in ('.', '..') or value.startswith('.') or not set(value) <= _NAME_OK:
+        raise ValueError(f"{kind}={value!r} cannot be used as a folder name: use letters, digits and _-.+= only "
+                         f"(no '/', '\\\\', '..' or leading '.'), e.g. {kind}='my_{kind}'.")
+    return value
