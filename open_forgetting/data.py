@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #328ae332
 from __future__ import annotations
-import os
+import hashlib, os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,12 +16,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
-from .core import data_path
+from .core import data_path, file_sha256, stable_hash
 
 # %% auto #0
 __all__ = ['PROMPT_COLUMNS', 'DATASETS', 'load_prompts', 'validate_prompts', 'class_names', 'DatasetNotFoundError',
-           'ImageFolderSubset', 'DatasetSpec', 'dataset_labels', 'subset_per_class', 'ClassificationDataset',
-           'as_classification_dataset', 'load_classification_dataset']
+           'ImageFolderSubset', 'DatasetSpec', 'files_fingerprint', 'content_fingerprint', 'dataset_labels',
+           'subset_per_class', 'ClassificationDataset', 'as_classification_dataset', 'load_classification_dataset']
 
 # %% ../nbs/02_data.ipynb #88a43e9b
 PROMPT_COLUMNS = ('prompt', 'classname', 'classidx')
@@ -100,6 +100,8 @@ class DatasetSpec:
     layout: str                      # the expected on-disk layout, quoted in errors
     splits: tuple[str, ...]
     build: Callable                  # (root: Path, split: str, verify_checksums: bool) -> torch Dataset
+    pickled: bool = False            # its files are Python pickles: unverified reads need `allow_pickle=True`
+    folder: str = ''                 # sub-folder of root holding its files (fingerprinted when it lists no image files)
 
 def _cifar10(root, split, verify):
     cls = tvd.CIFAR10 if verify else _no_md5(tvd.CIFAR10)
@@ -134,9 +136,9 @@ def _imagenet(root, split, verify):
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
     DatasetSpec('cifar10', 10, '<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python pickle version)',
-                ('test', 'train'), _cifar10),
+                ('test', 'train'), _cifar10, pickled=True, folder='cifar-10-batches-py'),
     DatasetSpec('stl10', 10, '<root>/stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin, class_names.txt}',
-                ('test', 'train'), _stl10),
+                ('test', 'train'), _stl10, folder='stl10_binary'),
     DatasetSpec('pets', 37, '<root>/oxford-iiit-pet/{images/*.jpg, annotations/{trainval,test}.txt}', ('test', 'trainval'), _pets),
     DatasetSpec('flowers', 102, '<root>/flowers-102/{jpg/image_00001.jpg..., imagelabels.mat, setid.mat}', ('test', 'train', 'val'), _flowers),
     DatasetSpec('food', 101, '<root>/food-101/{images/<class>/<id>.jpg, meta/{train,test}.json}', ('test', 'train'), _food),
@@ -148,6 +150,39 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
                 ('val',), _imagenet),
 ]}
 
+# %% ../nbs/02_data.ipynb #32ad019f
+_SAMPLED_ABOVE = 64 << 20   # files larger than this are fingerprinted by size and 16 spread 64 KiB blocks
+
+def _file_digest(path: Path) -> str:
+    "SHA-256 of a file's bytes; of its size and 16 evenly spread 64 KiB blocks when it is larger than 64 MiB [ours]."
+    size = path.stat().st_size
+    if size <= _SAMPLED_ABOVE: return file_sha256(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, 'rb') as f:
+        for k in range(16): f.seek(k * (size - (64 << 10)) // 15); h.update(f.read(64 << 10))
+    return h.hexdigest()
+
+def files_fingerprint(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> str:
+    "Hash of the files' paths relative to `root` and their contents (`_file_digest`): moving or copying `root` keeps it."
+    root = Path(root)
+    return stable_hash(sorted((Path(p).resolve().relative_to(root.resolve()).as_posix(), _file_digest(Path(p))) for p in paths))
+
+def _image_bytes(image) -> bytes:
+    "A canonical byte string of one decoded image (PIL image, tensor or array)."
+    if isinstance(image, Image.Image): return f'{image.mode}{image.size}'.encode() + image.tobytes()
+    if isinstance(image, torch.Tensor): image = image.detach().cpu().contiguous().numpy()
+    if isinstance(image, np.ndarray): return f'{image.dtype}{image.shape}'.encode() + np.ascontiguousarray(image).tobytes()
+    raise TypeError(f"cannot fingerprint an image of type {type(image).__name__}: give the dataset a `fingerprint` "
+                    "string (ClassificationDataset(..., fingerprint=...)) that changes whenever its images do.")
+
+def content_fingerprint(dataset: Dataset) -> str:
+    "Hash of every decoded `(image, label)` item of `dataset` in order: exact, costs one pass over the images [ours]."
+    h = hashlib.sha256()
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        h.update(_image_bytes(image)); h.update(f'|{int(label)}|'.encode())
+    return h.hexdigest()[:16]
+
 # %% ../nbs/02_data.ipynb #09389362
 def dataset_labels(dataset: Dataset) -> np.ndarray:
     "All labels of `dataset`, read from its label attribute when it has one (no image decoding), else by iterating."
@@ -157,26 +192,33 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     if hasattr(dataset, 'samples'): return np.asarray([l for _, l in dataset.samples], dtype=np.int64)
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
+def _check_count(name: str, value, minimum: int = 1) -> int:
+    "`value` as an int >= `minimum`, else a ValueError naming the parameter."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}); e.g. {name}={max(minimum, 8)}.")
+    return int(value)
+
 def subset_per_class(labels: Sequence[int], n_per_class: int, seed: int = 0) -> np.ndarray:
     "Sorted indices of at most `n_per_class` items per class, drawn per class with a generator seeded by (seed, class) [ours]."
-    if n_per_class < 1: raise ValueError(f"n_per_class must be >= 1, got {n_per_class}.")
+    n_per_class, seed = _check_count('n_per_class', n_per_class), _check_count('seed', seed, 0)
     labels = np.asarray(labels)
     picks = [np.flatnonzero(labels == c)[np.random.default_rng([seed, int(c)]).permutation(int((labels == c).sum()))[:n_per_class]]
              for c in np.unique(labels)]
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
 
 class ClassificationDataset(Dataset):
-    "`(image, label)` items of `base` at `indices` with `.classes`, `.labels` and `.image_ids` (indices into `base`)."
+    "`(image, label)` items of `base` at `indices` with `.classes`, `.labels`, `.image_ids` (indices into `base`) and an `identity()` for cache keys."
     def __init__(self, base: Dataset, classes: Sequence[str] | None = None, indices: Sequence[int] | None = None,
-                 name: str = 'custom', split: str | None = None):
+                 name: str = 'custom', split: str | None = None, fingerprint: str | Callable[[], str] | None = None):
         classes = classes if classes is not None else getattr(base, 'classes', None)
         if classes is None: raise TypeError(f"{type(base).__name__} has no `.classes`; pass classes=[...] (names in label order).")
         self.base, self.classes, self.name, self.split = base, list(classes), name, split
-        all_labels = dataset_labels(base)
+        self._all_labels = dataset_labels(base)
+        self._source = fingerprint if isinstance(fingerprint, dict) else {'fp': fingerprint}   # shared with subsets
         self.image_ids = np.arange(len(base)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(self.image_ids) and (self.image_ids.min() < 0 or self.image_ids.max() >= len(base)):
             raise IndexError(f"indices must lie in [0, {len(base)}), got min {self.image_ids.min()} max {self.image_ids.max()}.")
-        self.labels = all_labels[self.image_ids] if len(all_labels) else all_labels
+        self.labels = self._all_labels[self.image_ids] if len(self._all_labels) else self._all_labels
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
             raise ValueError(f"labels must lie in [0, {len(self.classes)}) (one per class name), got {self.labels.min()}..{self.labels.max()}.")
     def __len__(self): return len(self.image_ids)
@@ -186,21 +228,53 @@ class ClassificationDataset(Dataset):
     def subset(self, n_per_class: int, seed: int = 0) -> 'ClassificationDataset':
         "A deterministic subset with at most `n_per_class` images per class (image ids unchanged)."
         keep = subset_per_class(self.labels, n_per_class, seed)
-        return ClassificationDataset(self.base, self.classes, self.image_ids[keep], self.name, self.split)
+        return ClassificationDataset(self.base, self.classes, self.image_ids[keep], self.name, self.split, self._source)
+    def source_fingerprint(self) -> str:
+        "Fingerprint of `base`'s content: the given string, the given callable's value, else `content_fingerprint(base)`; computed once."
+        fp = self._source['fp']
+        if not isinstance(fp, str): self._source['fp'] = fp = fp() if callable(fp) else content_fingerprint(self.base)
+        return fp
+    def identity(self) -> dict:
+        "What fixes the `(image, label)` of every image id: name, split, class names, all of `base`'s labels and its content."
+        return dict(name=self.name, split=self.split, classes=self.classes, labels=stable_hash(self._all_labels.tolist()),
+                    source=self.source_fingerprint())
     def __repr__(self): return f"ClassificationDataset({self.name!r}, split={self.split!r}, {len(self)} images, {len(self.classes)} classes)"
 
 def as_classification_dataset(dataset: Dataset, name: str | None = None) -> ClassificationDataset:
-    "`dataset` itself if it is a `ClassificationDataset`, else a wrapper (needs `.classes`)."
+    "`dataset` itself if it is a `ClassificationDataset`, else a wrapper (needs `.classes`; keeps its `.name`, `.split` and a `.fingerprint` string if any)."
     if isinstance(dataset, ClassificationDataset): return dataset
-    return ClassificationDataset(dataset, name=name or getattr(dataset, 'name', None) or type(dataset).__name__)
+    split, fp = getattr(dataset, 'split', None), getattr(dataset, 'fingerprint', None)
+    return ClassificationDataset(dataset, name=name or getattr(dataset, 'name', None) or type(dataset).__name__,
+                                 split=split if isinstance(split, str) else None, fingerprint=fp if isinstance(fp, str) else None)
 
 # %% ../nbs/02_data.ipynb #1dc6b0a0
-def load_classification_dataset(name: str, root: str | os.PathLike, split: str = 'test', n_per_class: int | None = None,
-                                seed: int = 0, verify_checksums: bool = True) -> ClassificationDataset:
-    "Dataset `name` (see `DATASETS`) from the local folder `root` (nothing downloaded), optionally `n_per_class` images per class."
+def _dataset_files(base: Dataset, root: Path, spec: DatasetSpec) -> list[Path]:
+    "The files a dataset's items are read from: its image file list when the reader keeps one, else every file in its folder."
+    for attr in ('samples', '_image_files', '_images', 'imgs'):
+        items = getattr(base, attr, None)
+        if items: return [Path(it[0] if isinstance(it, (tuple, list)) else it) for it in items]
+    folder = root / spec.folder if spec.folder else root
+    return sorted(p for p in folder.rglob('*') if p.is_file())
+
+def _check_load_args(name, split, n_per_class, seed, verify_checksums, allow_pickle):
+    "Types and ranges of `load_classification_dataset`'s arguments, each error naming the parameter."
     if name not in DATASETS: raise ValueError(f"Unknown dataset {name!r}; known: {sorted(DATASETS)}.")
     spec = DATASETS[name]
-    if split not in spec.splits: raise ValueError(f"{name} has no split {split!r}; splits: {list(spec.splits)}.")
+    if not isinstance(split, str) or split not in spec.splits: raise ValueError(f"{name} has no split {split!r}; splits: {list(spec.splits)}.")
+    if n_per_class is not None: _check_count('n_per_class', n_per_class)
+    _check_count('seed', seed, 0)
+    for flag, v in (('verify_checksums', verify_checksums), ('allow_pickle', allow_pickle)):
+        if not isinstance(v, bool): raise ValueError(f"{flag} must be True or False, got {v!r}.")
+    if spec.pickled and not verify_checksums and not allow_pickle:
+        raise ValueError(f"{name}'s files are Python pickles, and unpickling a file can run arbitrary code: with "
+                         f"verify_checksums=False nothing checks they are the official files. Keep verify_checksums=True "
+                         f"(the files are checked against the official MD5s first), or pass allow_pickle=True if you made or trust these files.")
+    return spec
+
+def load_classification_dataset(name: str, root: str | os.PathLike, split: str = 'test', n_per_class: int | None = None,
+                                seed: int = 0, verify_checksums: bool = True, allow_pickle: bool = False) -> ClassificationDataset:
+    "Dataset `name` (see `DATASETS`) from the local folder `root` (nothing downloaded), optionally `n_per_class` images per class; pickled formats load unverified only with `allow_pickle=True`."
+    spec = _check_load_args(name, split, n_per_class, seed, verify_checksums, allow_pickle)
     root = Path(root).expanduser()
     hint = (f"Expected layout for {name}: {spec.layout}. Download it once where network access exists and pass the "
             f"folder that contains it as root (open_forgetting never downloads datasets).")
@@ -209,5 +283,6 @@ def load_classification_dataset(name: str, root: str | os.PathLike, split: str =
     except (RuntimeError, FileNotFoundError, OSError, KeyError) as e:
         raise DatasetNotFoundError(f"Could not read {name} ({split}) from {str(root)!r}: {e}. {hint}") from e
     classes = class_names(load_prompts(name))
-    ds = ClassificationDataset(base, classes, name=name, split=split)
+    ds = ClassificationDataset(base, classes, name=name, split=split,
+                               fingerprint=lambda: files_fingerprint(_dataset_files(base, root, spec), root))
     return ds.subset(n_per_class, seed) if n_per_class is not None else ds

@@ -143,9 +143,9 @@ def fake_imagenet(root, with_images=(0, 999)):
 
 def test_cifar10(tmp_path):
     fake_cifar10(tmp_path)
-    ds = load_classification_dataset('cifar10', tmp_path, verify_checksums=False)
+    ds = load_classification_dataset('cifar10', tmp_path, verify_checksums=False, allow_pickle=True)
     assert len(ds) == 20 and ds.classes[0] == 'airplane' and ds[13][1] == 3 and ds[13][0].size == (32, 32)
-    train = load_classification_dataset('cifar10', tmp_path, split='train', verify_checksums=False)
+    train = load_classification_dataset('cifar10', tmp_path, split='train', verify_checksums=False, allow_pickle=True)
     assert len(train) == 50
     with pytest.raises(DatasetNotFoundError, match='cifar-10-batches-py'):   # real checksums do not match the fake
         load_classification_dataset('cifar10', tmp_path)
@@ -215,6 +215,58 @@ def test_missing_or_wrong_folder_names_layout(tmp_path, name):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='Unknown dataset'): load_classification_dataset('mnist', tmp_path)
     with pytest.raises(ValueError, match='splits'): load_classification_dataset('pets', tmp_path, split='val')
+    fake_stl10(tmp_path)
+    for bad in ('abc', 0, -1, 1.5, True, None):
+        if bad is None: continue                                  # None: the full set
+        with pytest.raises(ValueError, match='n_per_class'):
+            load_classification_dataset('stl10', tmp_path, n_per_class=bad, verify_checksums=False)
+    for bad in ('1', -1, 0.5):
+        with pytest.raises(ValueError, match='seed'): load_classification_dataset('stl10', tmp_path, n_per_class=1, seed=bad, verify_checksums=False)
+    with pytest.raises(ValueError, match='verify_checksums'): load_classification_dataset('stl10', tmp_path, verify_checksums='no')
+    with pytest.raises(ValueError, match='n_per_class'): subset_per_class([0, 1], 'abc')
+
+
+class _Unpickled(Exception): pass
+
+
+class _Bomb:
+    "Unpickling this object raises: the test's witness that a loader unpickled the file."
+    def __reduce__(self): return (_raise, ())
+
+
+def _raise(): raise _Unpickled('the file was unpickled')
+
+
+def test_cifar_pickles_need_an_explicit_opt_in(tmp_path):
+    fake_cifar10(tmp_path)
+    for f in (tmp_path / 'cifar-10-batches-py').iterdir(): pickle.dump(_Bomb(), open(f, 'wb'))
+    with pytest.raises(ValueError, match='allow_pickle=True'):       # unverified: refused before any file is opened
+        load_classification_dataset('cifar10', tmp_path, verify_checksums=False)
+    with pytest.raises(DatasetNotFoundError, match='cifar-10-batches-py'):   # verified: the MD5 check refuses them, unopened
+        load_classification_dataset('cifar10', tmp_path)
+    with pytest.raises(_Unpickled):                                   # the opt-in does what it says
+        load_classification_dataset('cifar10', tmp_path, verify_checksums=False, allow_pickle=True)
+
+
+def test_identity_covers_split_content_and_labels_not_location(tmp_path):
+    fake_cifar10(tmp_path / 'a')
+    load = lambda root, split='test', **kw: load_classification_dataset('cifar10', root, split, verify_checksums=False, allow_pickle=True, **kw)
+    ident = load(tmp_path / 'a').identity()
+    assert load(tmp_path / 'a', 'train').identity() != ident
+    assert load(tmp_path / 'a', n_per_class=1, seed=2).identity() == ident         # image ids index the same full set
+    import shutil; shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+    assert load(tmp_path / 'b').identity() == ident                               # moved: same files
+    batch = pickle.load(open(tmp_path / 'b' / 'cifar-10-batches-py' / 'test_batch', 'rb'))
+    batch['data'][0, 0] ^= 1; pickle.dump(batch, open(tmp_path / 'b' / 'cifar-10-batches-py' / 'test_batch', 'wb'))
+    assert load(tmp_path / 'b').identity() != ident                               # one pixel changed
+
+
+def test_generic_dataset_identity_from_content():
+    from open_forgetting.miniworld import miniworld_dataset
+    test, val = as_classification_dataset(miniworld_dataset('shape', 'test', 2)), as_classification_dataset(miniworld_dataset('shape', 'val', 2))
+    assert (test.split, val.split) == ('test', 'val') and test.identity() != val.identity()
+    assert as_classification_dataset(miniworld_dataset('shape', 'test', 2, seed=1)).identity()['source'] != test.identity()['source']
+    assert as_classification_dataset(miniworld_dataset('shape', 'test', 2)).identity() == test.identity()
 
 
 # ---------- subsets and the generic wrapper ----------
@@ -230,8 +282,8 @@ def test_subset_per_class_is_deterministic_and_balanced():
 
 def test_cifar10_subset_keeps_image_ids(tmp_path):
     fake_cifar10(tmp_path, n_test=50)
-    full = load_classification_dataset('cifar10', tmp_path, verify_checksums=False)
-    sub = load_classification_dataset('cifar10', tmp_path, n_per_class=2, seed=3, verify_checksums=False)
+    full = load_classification_dataset('cifar10', tmp_path, verify_checksums=False, allow_pickle=True)
+    sub = load_classification_dataset('cifar10', tmp_path, n_per_class=2, seed=3, verify_checksums=False, allow_pickle=True)
     assert len(sub) == 20 and np.bincount(sub.labels).tolist() == [2] * 10
     for i in range(len(sub)):
         assert sub[i][1] == full[int(sub.image_ids[i])][1]
