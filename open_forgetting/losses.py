@@ -17,7 +17,7 @@ from .core import data_path
 # %% auto #0
 __all__ = ['REG_PROMPT_SOURCES', 'REG_LATENT_SOURCES', 'training_target', 'min_snr_weights', 'denoising_loss',
            'prior_preservation_loss', 'load_generic_prompts', 'regularization_prompts', 'noised_regularization_latents',
-           'teacher_prediction', 'drift_correction_loss']
+           'teacher_prediction', 'drift_correction_loss', 'TeacherPool', 'teacher_pool']
 
 # %% ../nbs/04_losses.ipynb #769824e4
 def training_target(scheduler, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
@@ -94,12 +94,48 @@ def teacher_prediction(teacher: torch.nn.Module, noisy_latents: Tensor, timestep
         return teacher(noisy_latents.to(p.device, p.dtype), timesteps.to(p.device),
                        encoder_hidden_states=embeds.to(p.device, p.dtype)).sample
 
-def drift_correction_loss(student: torch.nn.Module | None, teacher: torch.nn.Module, noisy_latents: Tensor, timesteps: Tensor,
-                          embeds: Tensor, teacher_embeds: Tensor | None = None, student_pred: Tensor | None = None) -> Tensor:
-    "L_DC = mean ‖ε_θ(z_t,t,τ_θ(c)) − ε_θ0(z_t,t,τ_θ0(c))‖² [ours, STUDY §3]; pass `student_pred` when the student ran fused with the main batch."
+def drift_correction_loss(student: torch.nn.Module | None, teacher: torch.nn.Module | None, noisy_latents: Tensor,
+                          timesteps: Tensor, embeds: Tensor, teacher_embeds: Tensor | None = None,
+                          student_pred: Tensor | None = None, teacher_pred: Tensor | None = None) -> Tensor:
+    "L_DC = mean ‖ε_θ(z_t,t,τ_θ(c)) − ε_θ0(z_t,t,τ_θ0(c))‖² [ours, STUDY §3]; `student_pred` when the student ran fused with the main batch, `teacher_pred` when the teacher's output is cached."
     if student_pred is None:
         p = next(student.parameters())
         student_pred = student(noisy_latents.to(p.device), timesteps.to(p.device),
                                encoder_hidden_states=embeds.to(p.device)).sample
-    target = teacher_prediction(teacher, noisy_latents, timesteps, embeds if teacher_embeds is None else teacher_embeds)
-    return F.mse_loss(student_pred.float(), target.float().to(student_pred.device))
+    if teacher_pred is None:
+        if teacher is None: raise ValueError("drift_correction_loss needs the teacher UNet or its cached prediction teacher_pred.")
+        teacher_pred = teacher_prediction(teacher, noisy_latents, timesteps, embeds if teacher_embeds is None else teacher_embeds)
+    return F.mse_loss(student_pred.float(), teacher_pred.float().to(student_pred.device))
+
+# %% ../nbs/04_losses.ipynb #55102002
+@dataclass
+class TeacherPool:
+    "A fixed pool of DC regularization samples [ours]: noisy latents z_t, timesteps t, prompt indices into C_reg, and the teacher's prediction ε_θ0 on each."
+    noisy: Tensor
+    timesteps: Tensor
+    prompt_idx: Tensor
+    target: Tensor
+
+    def __post_init__(self):
+        n = {len(self.noisy), len(self.timesteps), len(self.prompt_idx), len(self.target)}
+        if len(n) != 1 or 0 in n: raise ValueError(f"TeacherPool tensors must hold the same non-zero number of samples, got sizes {sorted(n)}.")
+
+    def __len__(self) -> int: return len(self.timesteps)
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        "`n` samples drawn uniformly with replacement (one `randint` on `generator`): (z_t, t, prompt index, teacher prediction)."
+        i = torch.randint(len(self), (n,), generator=generator).to(self.noisy.device)
+        return self.noisy[i], self.timesteps[i], self.prompt_idx[i], self.target[i]
+
+    def tensors(self) -> dict[str, Tensor]:
+        "The pool as a flat dict of contiguous CPU tensors (for safetensors)."
+        return {k: getattr(self, k).detach().cpu().contiguous() for k in ('noisy', 'timesteps', 'prompt_idx', 'target')}
+
+def teacher_pool(teacher: torch.nn.Module, noisy: Tensor, timesteps: Tensor, prompt_idx: Tensor, reg_embeds: Tensor,
+                 batch_size: int = 16) -> TeacherPool:
+    "Run the frozen teacher once on every pool sample (batches of `batch_size`): ε_θ0(z_t, t, τ_θ0(c_i)) with c_i = C_reg[prompt_idx] [ours]."
+    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    out = [teacher_prediction(teacher, noisy[i:i + batch_size], timesteps[i:i + batch_size],
+                              reg_embeds[prompt_idx[i:i + batch_size].to(reg_embeds.device)])
+           for i in range(0, len(noisy), batch_size)]
+    return TeacherPool(noisy, timesteps, prompt_idx, torch.cat(out))

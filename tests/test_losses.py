@@ -132,3 +132,25 @@ def test_training_on_dc_alone_pulls_a_perturbed_model_back(small):
         opt.zero_grad(); loss.backward(); opt.step()
     after = distance()
     assert after < 0.5 * before, (before, after)
+
+
+# ---- the teacher cache [ours]
+def test_cached_teacher_gives_the_live_teachers_loss_on_the_same_samples(small):
+    from open_forgetting.losses import TeacherPool, teacher_pool
+    teacher = copy.deepcopy(small.unet).requires_grad_(False)
+    student = copy.deepcopy(small.unet)
+    with torch.no_grad(): student.conv_out.bias.add_(0.05)
+    g = torch.Generator().manual_seed(0)
+    emb = encode_prompts(small, ['a photo of', '']).clone()
+    zt, t = noised_regularization_latents(small.scheduler, torch.randn(5, 4, 16, 16, generator=g), 5, g)
+    idx = torch.tensor([0, 1, 1, 0, 1])
+    pool = teacher_pool(teacher, zt, t, idx, emb, batch_size=2)
+    one_by_one = teacher_pool(teacher, zt, t, idx, emb, batch_size=1)
+    torch.testing.assert_close(pool.target, one_by_one.target)        # batching the teacher does not change it
+    z, tt, i, target = pool.draw(4, torch.Generator().manual_seed(1))
+    live = drift_correction_loss(student, teacher, z, tt, emb[i])
+    cached = drift_correction_loss(student, None, z, tt, emb[i], teacher_pred=target)
+    torch.testing.assert_close(cached, live)
+    # the draw is uniform with replacement from one generator: the same seed draws the same samples
+    assert torch.equal(pool.draw(4, torch.Generator().manual_seed(1))[0], z)
+    with pytest.raises(ValueError, match='same non-zero'): TeacherPool(zt, t[:1], idx, zt)
