@@ -4,8 +4,8 @@
 
 # %% ../nbs/13_runner.ipynb #6a5e5e61
 from __future__ import annotations
-import json, time, traceback
-from dataclasses import dataclass, field, asdict
+import contextlib, datetime, json, os, socket, time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,11 +13,14 @@ import pandas as pd
 import papermill as pm
 from tqdm.auto import tqdm
 
-from .core import atomic_save_json, load_json, stable_hash, repo_root
+from .core import atomic_save_json, atomic_write, check_name, quarantine, stable_hash, repo_root
 
 # %% auto #0
-__all__ = ['MEASUREMENTS', 'Job', 'plan_jobs', 'shard_jobs', 'parse_shard', 'notebook_parameters', 'check_parameters',
-           'experiments_dir', 'job_done', 'run_jobs']
+__all__ = ['MEASUREMENTS', 'MERGED_TABLE', 'STATUSES', 'Job', 'plan_jobs', 'shard_jobs', 'parse_shard', 'notebook_parameters',
+           'check_parameters', 'notebook_hash', 'portable_parameters', 'marker_record', 'check_marker', 'read_marker',
+           'write_marker', 'marker_changes', 'experiments_dir', 'job_changes', 'job_done', 'estimate_eta',
+           'jobs_table_path', 'write_job_table', 'merge_job_tables', 'run_jobs', 'job_state', 'run_status',
+           'format_status']
 
 # %% ../nbs/13_runner.ipynb #26720a7b
 MEASUREMENTS = ('global_drift', 'local_drift', 'color', 'diversity')
@@ -31,6 +34,11 @@ class Job:
     variant: str
     parameters: dict = field(default_factory=dict)
     depends_on: str | None = None  # key of the job that must succeed first
+    identity: dict = field(default_factory=dict)  # what else changes the result (e.g. the study file's content hash)
+
+    def __post_init__(self):
+        "The names become folders under `run_dir`: refuse separators, `..` and absolute paths before anything is written."
+        for kind in ('concept', 'method', 'variant', 'experiment'): check_name(kind, getattr(self, kind))
 
     @property
     def cell(self) -> str: return f'{self.concept}/{self.method}-{self.variant}'
@@ -43,14 +51,16 @@ class Job:
                 'run_dir': str(Path(run_dir).resolve()), 'out_dir': str(self.out_dir(run_dir).resolve())}
 
 def plan_jobs(concepts: Sequence[str], methods: Sequence[str], variants: Sequence[str],
-              experiments: Sequence[str] = MEASUREMENTS, parameters: dict | None = None) -> list[Job]:
-    "The study grid as an ordered job list: each cell's `customize` job, then its measurement jobs."
+              experiments: Sequence[str] = MEASUREMENTS, parameters: dict | None = None,
+              identity: dict | None = None) -> list[Job]:
+    "The study grid as an ordered job list: each cell's `customize` job, then its measurement jobs; `identity` keys every job's marker."
     if not concepts or not methods or not variants: raise ValueError("concepts, methods and variants must each be non-empty.")
     jobs = []
     for concept in concepts:
         for method in methods:
             for variant in variants:
-                kw = dict(concept=concept, method=method, variant=variant, parameters=dict(parameters or {}))
+                kw = dict(concept=concept, method=method, variant=variant, parameters=dict(parameters or {}),
+                          identity=dict(identity or {}))
                 train = Job('customize', **kw); jobs.append(train)
                 jobs += [Job(e, **kw, depends_on=train.key) for e in experiments if e != 'customize']
     return jobs
@@ -86,27 +96,181 @@ def check_parameters(path: str | Path, parameters: dict) -> None:
         raise ValueError(f"Unknown parameter(s) {unknown} for notebook {Path(path).name}; "
                          f"its parameters are: {sorted(known)}.")
 
+# %% ../nbs/13_runner.ipynb #fa388d03
+_PATH_PARAMETERS = ('run_dir', 'out_dir')  # where the run lives, not what it computes
+_KEYED = ('key', 'parameters', 'notebook', 'identity')
+
+def _jsonable(obj):
+    "`obj` as it reads back from the JSON marker (tuples become lists, unknown types strings)."
+    return json.loads(json.dumps(obj, default=str))
+
+def notebook_hash(path: str | Path) -> str:
+    "Hash of a notebook's code cells' source [ours]: an edited code cell changes it; markdown, outputs and metadata do not."
+    try: cells = json.loads(Path(path).read_text(encoding='utf-8'))['cells']
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"Cannot read the notebook {path} ({type(e).__name__}: {e}); restore it from git.") from None
+    return stable_hash([''.join(c['source']) if isinstance(c['source'], list) else c['source']
+                        for c in cells if c.get('cell_type') == 'code'], 32)
+
+def portable_parameters(params: dict, run_dir: str | Path) -> dict:
+    "The parameters without `run_dir`/`out_dir`, and paths inside the run folder as `$RUN_DIR/...` [ours]."
+    root = str(Path(run_dir).resolve())
+    def rel(v): return '$RUN_DIR' + v[len(root):] if isinstance(v, str) and (v == root or v.startswith(root + os.sep)) else v
+    return {k: rel(v) for k, v in params.items() if k not in _PATH_PARAMETERS}
+
+def marker_record(job: Job, run_dir: str | Path, params: dict, notebook: str | Path) -> dict:
+    "What a finished job's marker is keyed by: its key, portable parameters, notebook content and identity."
+    return _jsonable({'key': job.key, 'parameters': portable_parameters(params, run_dir),
+                      'notebook': notebook_hash(notebook), 'identity': dict(job.identity)})
+
+def _checksum(marker: dict) -> str: return stable_hash({k: v for k, v in marker.items() if k != 'checksum'}, 32)
+
+# %% ../nbs/13_runner.ipynb #69a4113f
+def check_marker(path: str | Path) -> tuple[dict | None, str | None]:
+    "(marker, None) for a sound `_SUCCESS.json`; (None, why) when it is not JSON, not an object or fails its checksum; (None, None) when missing."
+    path = Path(path)
+    if not path.exists(): return None, None
+    try: m = json.loads(path.read_bytes().decode('utf-8'))
+    except ValueError as e: return None, f'not readable JSON: {type(e).__name__}: {e}'   # JSONDecodeError, UnicodeDecodeError
+    if not isinstance(m, dict): return None, f'expected a JSON object, found {type(m).__name__}'
+    if 'checksum' in m: return (m, None) if m['checksum'] == _checksum(m) else (None, 'its checksum does not match its content')
+    return (m, None) if 'parameters_hash' in m else (None, 'it has no checksum')   # 'parameters_hash': an older runner's marker
+
+def read_marker(path: str | Path) -> dict | None:
+    "A sound marker, or None; a damaged one is moved aside with `core.quarantine` (a warning names it) so its job reruns."
+    m, problem = check_marker(path)
+    if problem: quarantine(path, problem)
+    return m
+
+def write_marker(path: str | Path, record: dict, **extra) -> Path:
+    "Write `record` (plus unkeyed `extra`, e.g. seconds) with its checksum, atomically."
+    m = _jsonable({**extra, **record})
+    return atomic_save_json({**m, 'checksum': _checksum(m)}, path)
+
+def _short(v) -> str:
+    r = repr(v); return r if len(r) <= 60 else r[:57] + '...'
+
+def marker_changes(old: dict, new: dict) -> list[str]:
+    "The keyed fields that differ between a stored marker and the job now ([] = finished with exactly this), e.g. `parameters.lr: 0.0001 -> 0.0002`."
+    if 'checksum' not in old: return ['the marker was written by an older runner (no record of notebook content or identity)']
+    out, unset = [], '<unset>'
+    for f in ('parameters', 'identity'):
+        a, b = old.get(f) or {}, new.get(f) or {}
+        out += [f'{f}.{k}: {_short(a.get(k, unset))} -> {_short(b.get(k, unset))}' for k in sorted(set(a) | set(b))
+                if k not in a or k not in b or stable_hash(a[k]) != stable_hash(b[k])]
+    if old.get('notebook') != new.get('notebook'): out.append('notebook content (its code cells changed)')
+    if old.get('key') != new.get('key'): out.append(f"key: {old.get('key')!r} -> {new.get('key')!r}")
+    return out
+
 # %% ../nbs/13_runner.ipynb #0bc7f4da
 def experiments_dir() -> Path:
     "Folder holding the experiment notebooks (`nbs/experiments/` of the checkout)."
     return repo_root() / 'nbs' / 'experiments'
 
-def _marker(job: Job, run_dir) -> Path: return job.out_dir(run_dir) / '_SUCCESS.json'
+def _marker(job: Job, run_dir, name: str = '_SUCCESS.json') -> Path: return job.out_dir(run_dir) / name
 
-def job_done(job: Job, run_dir: str | Path, params: dict | None = None) -> bool:
-    "True when the job finished before with exactly these parameters (default: all of the job's parameters)."
-    m = _marker(job, run_dir)
+def job_changes(job: Job, run_dir: str | Path, params: dict | None = None, notebook: str | Path | None = None) -> list[str] | None:
+    "None when the job has no sound marker (a damaged one is quarantined); else what differs from it ([] = finished)."
+    notebook = notebook or experiments_dir() / f'{job.experiment}.ipynb'
     params = job.all_parameters(run_dir) if params is None else params
-    return m.exists() and load_json(m).get('parameters_hash') == stable_hash(params)
+    old = read_marker(_marker(job, run_dir))
+    return None if old is None else marker_changes(old, marker_record(job, run_dir, params, notebook))
 
-def run_jobs(jobs: Sequence[Job], run_dir: str | Path, notebooks: str | Path | None = None, force: bool = False,
-             kernel_name: str | None = None, execute: Callable | None = None, progress: bool = True) -> pd.DataFrame:
-    "Execute `jobs` with papermill into `run_dir`; skip finished ones, continue after failures; returns the status table."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    notebooks = Path(notebooks) if notebooks else experiments_dir()
-    execute = execute or pm.execute_notebook
+def job_done(job: Job, run_dir: str | Path, params: dict | None = None, notebook: str | Path | None = None) -> bool:
+    "True when the job finished before with exactly these parameters (default: all of the job's), notebook content and identity."
+    return job_changes(job, run_dir, params, notebook) == []
+
+# %% ../nbs/13_runner.ipynb #d77b6e2e
+_COLUMNS = ['key', 'experiment', 'concept', 'method', 'variant', 'status', 'seconds', 'error', 'note', 'updated', 'eta_seconds']
+_ACTIVE = ('pending', 'running')
+
+def _now() -> str: return datetime.datetime.now().isoformat(timespec='milliseconds')
+
+def _row(job: Job, status: str, seconds: float = 0.0, error: str = '', note: str = '') -> dict:
+    return dict(key=job.key, experiment=job.experiment, concept=job.concept, method=job.method, variant=job.variant,
+                status=status, seconds=seconds, error=error, note=note, updated=_now())
+
+def estimate_eta(table: pd.DataFrame) -> pd.DataFrame:
+    "Add `eta_seconds` to pending/running rows [ours]: cumulative expected seconds until each is finished, at the mean duration of executed jobs of its experiment (else of all); NaN before any ran."
+    ran = table[table.status.isin(['done', 'failed'])]
+    per_exp, overall = ran.groupby('experiment').seconds.mean(), ran.seconds.mean()
+    active = table.status.isin(_ACTIVE)
+    est = table.experiment.map(per_exp).astype(float).fillna(overall).where(active, 0.0)
+    return table.assign(eta_seconds=est.cumsum().where(active & est.notna()))
+
+def jobs_table_path(run_dir: str | Path, shard: tuple[int, int] | None = None) -> Path:
+    "`jobs.csv` for an unsharded run, `jobs-<i>of<N>.csv` (i 1-based) for the 0-based shard `(index, count)`."
+    return Path(run_dir) / ('jobs.csv' if shard is None else f'jobs-{shard[0] + 1}of{shard[1]}.csv')
+
+def write_job_table(table: pd.DataFrame, path: str | Path) -> Path:
+    "Write the status table atomically (a reader never sees half a file)."
+    with atomic_write(path, 'w') as f: table.to_csv(f, index=False)
+    return Path(path)
+
+# %% ../nbs/13_runner.ipynb #1f9638de
+MERGED_TABLE = 'jobs-merged.csv'
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    try: return pd.read_csv(path, dtype={'error': str, 'note': str}, keep_default_na=False, na_values={'seconds': [''], 'eta_seconds': ['']})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        quarantine(path, f'not a readable CSV: {type(e).__name__}'); return None
+
+def merge_job_tables(run_dir: str | Path, write: bool = True) -> pd.DataFrame:
+    "All shards' `jobs*.csv` as one table, one row per job: its latest decided row (else its latest pending one); written atomically to `jobs-merged.csv`."
+    files = sorted(p for p in Path(run_dir).glob('jobs*.csv') if p.name != MERGED_TABLE)
+    tables = [t.assign(table=f.name) for f in files if (t := _read_table(f)) is not None and 'key' in t]
+    if not tables: raise FileNotFoundError(f"No jobs*.csv status table in {run_dir}: is it the --run-dir of `open-forgetting run`?")
+    t = pd.concat(tables, ignore_index=True)
+    t['_order'] = t.key.map({k: i for i, k in enumerate(dict.fromkeys(t.key))})
+    t['_decided'] = ~t.status.isin(_ACTIVE)
+    t = t.sort_values(['_decided', 'updated'], kind='stable').drop_duplicates('key', keep='last')
+    t = t.sort_values('_order').drop(columns=['_order', '_decided']).reset_index(drop=True)
+    if write: write_job_table(t, Path(run_dir) / MERGED_TABLE)
+    return t
+
+# %% ../nbs/13_runner.ipynb #471982df
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f'{type(e).__name__}: {text.splitlines()[-1] if text else ""}'[:500]
+
+def _execute_job(job: Job, out: Path, nb: Path, params: dict, execute: Callable, kernel_name: str | None) -> None:
+    "Execute one notebook with `_RUNNING.json` (pid, host, start) present and its stdout/stderr streamed to `<experiment>.log`."
+    running = out / '_RUNNING.json'
+    atomic_save_json({'key': job.key, 'experiment': job.experiment, 'concept': job.concept, 'method': job.method,
+                      'variant': job.variant, 'pid': os.getpid(), 'host': socket.gethostname(), 'started': _now()}, running)
+    try:
+        with open(out / f'{job.experiment}.log', 'w', buffering=1, encoding='utf-8') as log:
+            log.write(f'# {job.key}: started {_now()} by pid {os.getpid()} on {socket.gethostname()}\n')
+            execute(str(nb), str(out / f'{job.experiment}.ipynb'), parameters=params, cwd=str(out),
+                    kernel_name=kernel_name or 'python3', progress_bar=False, stdout_file=log, stderr_file=log)
+    finally: running.unlink(missing_ok=True)
+
+def _run_job(job: Job, run_dir: Path, nb: Path, params: dict, execute: Callable, kernel_name: str | None,
+             force: bool, failed: set) -> dict:
+    "Skip, block or execute one job; write its `_SUCCESS.json` or `_FAILED.json`; return its status row."
+    if job.depends_on in failed: return _row(job, 'blocked', error=f'{job.depends_on} failed')
+    changes = None if force else job_changes(job, run_dir, params, nb)
+    if changes == []: return _row(job, 'skipped (done)')
+    note = 'forced' if force else f"rerun, its marker differs: {'; '.join(changes)}" if changes else ''
+    if changes: tqdm.write(f'{job.key} finished before with other settings; rerunning ({"; ".join(changes)}).')
+    out = job.out_dir(run_dir); out.mkdir(parents=True, exist_ok=True)
+    for name in ('_SUCCESS.json', '_FAILED.json'): (out / name).unlink(missing_ok=True)
+    record, t0 = marker_record(job, run_dir, params, nb), time.time()   # keyed by the notebook as it was when started
+    try: _execute_job(job, out, nb, params, execute, kernel_name)
+    except Exception as e:  # a failed notebook must not stop the study; it is reported in the table and _FAILED.json
+        err = _last_line(e)
+        atomic_save_json({'key': job.key, 'experiment': job.experiment, 'concept': job.concept, 'method': job.method,
+                          'variant': job.variant, 'error': err, 'seconds': time.time() - t0, 'finished': _now()}, out / '_FAILED.json')
+        return _row(job, 'failed', time.time() - t0, err, note)
+    write_marker(out / '_SUCCESS.json', record, experiment=job.experiment, concept=job.concept, method=job.method,
+                 variant=job.variant, seconds=time.time() - t0, finished=_now())
+    return _row(job, 'done', time.time() - t0, note=note)
+
+# %% ../nbs/13_runner.ipynb #0305b8ff
+def _declared_parameters(jobs: Sequence[Job], run_dir: Path, notebooks: Path) -> dict[str, set]:
+    "Each experiment's declared parameters; fail fast on a missing notebook or a parameter no notebook declares."
     declared = {}
-    for exp in dict.fromkeys(j.experiment for j in jobs):   # fail fast on a missing notebook or a bad parameter
+    for exp in dict.fromkeys(j.experiment for j in jobs):
         nb = notebooks / f'{exp}.ipynb'
         if not nb.exists(): raise FileNotFoundError(f"No notebook for experiment {exp!r}: expected {nb}.")
         declared[exp] = set(notebook_parameters(nb))
@@ -117,32 +281,131 @@ def run_jobs(jobs: Sequence[Job], run_dir: str | Path, notebooks: str | Path | N
     if unknown := sorted(study_params - set().union(*declared.values())):
         raise ValueError(f"Unknown parameter(s) {unknown}: no experiment notebook of this run declares them; "
                          f"declared: {sorted(set().union(*declared.values()) - set(_RUNNER_PARAMETERS))}.")
-    rows, failed = [], set()
-    bar = tqdm(jobs, desc='study', unit='notebook', disable=not progress)
-    for job in bar:
-        bar.set_postfix_str(job.key)
-        out = job.out_dir(run_dir); t0 = time.time()
+    return declared
+
+def _eta_text(table: pd.DataFrame) -> str:
+    eta = table.eta_seconds.dropna()
+    return f'ETA {eta.max() / 60:.1f} min' if len(eta) else 'ETA unknown'
+
+def run_jobs(jobs: Sequence[Job], run_dir: str | Path, notebooks: str | Path | None = None, force: bool = False,
+             kernel_name: str | None = None, execute: Callable | None = None, progress: bool = True,
+             shard: tuple[int, int] | None = None) -> pd.DataFrame:
+    "Execute `jobs` with papermill into `run_dir`; skip finished ones, continue after failures; returns the status table (also written after every job)."
+    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    notebooks = Path(notebooks) if notebooks else experiments_dir()
+    execute = execute or pm.execute_notebook
+    declared = _declared_parameters(jobs, run_dir, notebooks)
+    path, failed = jobs_table_path(run_dir, shard), set()
+    table = pd.DataFrame([_row(j, 'pending') for j in jobs], columns=_COLUMNS)
+    bar = tqdm(list(enumerate(jobs)), desc='study', unit='notebook', disable=not progress)
+    for i, job in bar:
         params = {k: v for k, v in job.all_parameters(run_dir).items() if k in declared[job.experiment]}
-        row = dict(key=job.key, experiment=job.experiment, concept=job.concept, method=job.method, variant=job.variant)
-        if job.depends_on in failed:
-            failed.add(job.key); rows.append({**row, 'status': 'blocked', 'seconds': 0.0, 'error': f'{job.depends_on} failed'}); continue
-        if not force and job_done(job, run_dir, params):
-            rows.append({**row, 'status': 'skipped (done)', 'seconds': 0.0, 'error': ''}); continue
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            execute(str(notebooks / f'{job.experiment}.ipynb'), str(out / f'{job.experiment}.ipynb'), parameters=params,
-                    cwd=str(out), kernel_name=kernel_name or 'python3', progress_bar=False)
-            atomic_save_json({'parameters_hash': stable_hash(params), 'parameters': params,
-                              'seconds': time.time() - t0, 'finished': time.strftime('%Y-%m-%dT%H:%M:%S')}, _marker(job, run_dir))
-            rows.append({**row, 'status': 'done', 'seconds': time.time() - t0, 'error': ''})
-        except Exception as e:  # a failed notebook must not stop the study; it is reported below
-            failed.add(job.key)
-            msg = f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'
-            rows.append({**row, 'status': 'failed', 'seconds': time.time() - t0, 'error': msg[:500]})
-    status = pd.DataFrame(rows)
-    status.to_csv(run_dir / 'jobs.csv', index=False)
-    bad = status[status.status.isin(['failed', 'blocked'])]
+        table.loc[i, ['status', 'updated']] = ['running', _now()]
+        table = estimate_eta(table); write_job_table(table, path)
+        bar.set_postfix_str(f'{job.key}, {_eta_text(table)}')
+        row = _run_job(job, run_dir, notebooks / f'{job.experiment}.ipynb', params, execute, kernel_name, force, failed)
+        if row['status'] in ('failed', 'blocked'): failed.add(job.key)
+        table.loc[i, list(row)] = list(row.values())
+        table = estimate_eta(table); write_job_table(table, path)
+    _print_failures(table)
+    return table
+
+def _print_failures(table: pd.DataFrame) -> None:
+    bad = table[table.status.isin(['failed', 'blocked'])]
     if len(bad):
-        print(f"{len(bad)} of {len(status)} notebooks failed or were blocked (executed copies with tracebacks are in their folders):")
+        print(f"{len(bad)} of {len(table)} notebooks failed or were blocked (executed copies with tracebacks are in their folders):")
         for r in bad.itertuples(): print(f"  {r.status:8} {r.key}: {r.error}")
-    return status
+
+# %% ../nbs/13_runner.ipynb #11089b14
+STATUSES = ('running', 'interrupted', 'failed', 'blocked', 'outdated', 'pending', 'done')
+_STATUS_COLUMNS = ['key', 'experiment', 'concept', 'method', 'variant', 'status', 'seconds', 'error', 'note',
+                   'host', 'pid', 'started', 'finished']
+
+def _peek_json(path: Path) -> dict:
+    "A small marker's content, {} when it is unreadable (status never modifies the run folder)."
+    try: m = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError): return {}
+    return m if isinstance(m, dict) else {}
+
+def _pid_alive(pid) -> bool:
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True   # alive, owned by someone else
+    except (TypeError, ValueError, OverflowError): return False
+    return True
+
+def job_state(out: str | Path) -> dict:
+    "One job folder's state from its markers: running / interrupted / failed / done / pending (with why)."
+    out = Path(out)
+    if (out / '_RUNNING.json').exists():
+        r = _peek_json(out / '_RUNNING.json')
+        who = dict(pid=r.get('pid'), host=r.get('host'), started=r.get('started'))
+        if r and (r.get('host') != socket.gethostname() or _pid_alive(r.get('pid'))): return dict(status='running', **who)
+        return dict(status='interrupted', error=f"its runner (pid {r.get('pid')} on {r.get('host')}) is gone; the next run redoes it", **who)
+    if (out / '_FAILED.json').exists():
+        f = _peek_json(out / '_FAILED.json')
+        return dict(status='failed', error=f.get('error', 'unreadable _FAILED.json'), seconds=f.get('seconds'), finished=f.get('finished'))
+    m, problem = check_marker(out / '_SUCCESS.json')
+    if problem: return dict(status='pending', note=f'damaged _SUCCESS.json ({problem}): the next run sets it aside and redoes it')
+    if m: return dict(status='done', seconds=m.get('seconds'), finished=m.get('finished'), _marker=m)
+    return dict(status='pending')
+
+# %% ../nbs/13_runner.ipynb #89612a4e
+def _fields(key: str, job: Job | None = None) -> dict:
+    if job: return dict(key=key, experiment=job.experiment, concept=job.concept, method=job.method, variant=job.variant)
+    concept, cell, experiment = (key.split('/') + ['', '', ''])[:3]
+    method, _, variant = cell.rpartition('-')
+    return dict(key=key, experiment=experiment, concept=concept, method=method, variant=variant)
+
+def _known_keys(run_dir: Path, jobs: Sequence[Job] | None) -> list[str]:
+    "Keys of the job list (else of the jobs*.csv tables), then of every job folder holding a marker."
+    listed = [j.key for j in jobs] if jobs is not None else []
+    if jobs is None and any(p.name != MERGED_TABLE for p in run_dir.glob('jobs*.csv')):
+        with contextlib.suppress(FileNotFoundError): listed = merge_job_tables(run_dir, write=False).key.tolist()
+    found = {str(p.parent.relative_to(run_dir)).replace(os.sep, '/') for name in ('_SUCCESS.json', '_RUNNING.json', '_FAILED.json')
+             for p in run_dir.glob(f'*/*/*/{name}')}
+    return list(dict.fromkeys(listed + sorted(found)))
+
+def _changes_now(job: Job, run_dir: Path, marker: dict, notebooks: Path) -> list[str]:
+    "What differs between a done job's marker and the job as it would run now ([] when the notebook is not there to compare)."
+    nb = notebooks / f'{job.experiment}.ipynb'
+    if not nb.exists(): return []
+    declared = set(notebook_parameters(nb))
+    params = {k: v for k, v in job.all_parameters(run_dir).items() if k in declared}
+    return marker_changes(marker, marker_record(job, run_dir, params, nb))
+
+def run_status(run_dir: str | Path, jobs: Sequence[Job] | None = None, notebooks: str | Path | None = None) -> pd.DataFrame:
+    "Every job found in `run_dir` (and every job of `jobs`): done / running / interrupted / failed / blocked / outdated / pending, with the error's last line."
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir(): raise FileNotFoundError(f"run_dir={str(run_dir)!r} is not a folder (expected the --run-dir of `open-forgetting run`).")
+    notebooks = Path(notebooks) if notebooks else experiments_dir()
+    by_key = {j.key: j for j in jobs or []}
+    rows = {}
+    for key in _known_keys(run_dir, jobs):
+        state, job = job_state(run_dir / key), by_key.get(key)
+        marker = state.pop('_marker', None)
+        if job and marker and (changes := _changes_now(job, run_dir, marker, notebooks)):
+            state.update(status='outdated', note='marker differs: ' + '; '.join(changes))
+        if job and state['status'] == 'pending' and rows.get(job.depends_on, {}).get('status') in ('failed', 'blocked', 'interrupted'):
+            state.update(status='blocked', error=f"{job.depends_on} {rows[job.depends_on]['status']}")
+        rows[key] = {**_fields(key, job), **state}
+    return pd.DataFrame(list(rows.values()), columns=_STATUS_COLUMNS)
+
+# %% ../nbs/13_runner.ipynb #ee46b2f8
+def _clip(text: str, width: int) -> str: return text if len(text) <= width else text[:width - 3] + '...'
+
+def format_status(status: pd.DataFrame, max_rows: int = 20, width: int = 110) -> str:
+    "A one-screen summary of `run_status`: counts, work left at the mean duration of finished jobs, then every job that is not done."
+    counts = status.status.value_counts()
+    lines = [f"{len(status)} jobs: " + ', '.join(f'{counts[s]} {s}' for s in (*STATUSES, *sorted(set(counts.index) - set(STATUSES)))
+                                                    if s in counts)]
+    done_s, left = pd.to_numeric(status.seconds[status.status == 'done'], errors='coerce').dropna(), status.status.isin(('pending', 'outdated', 'interrupted', 'running')).sum()
+    if left and len(done_s): lines.append(f"about {left * done_s.mean() / 60:.1f} min of work left ({left} jobs at the {done_s.mean() / 60:.1f} min mean of the finished ones)")
+    rank = {s: i for i, s in enumerate(STATUSES)}
+    todo = status[status.status != 'done'].assign(_r=lambda d: d.status.map(rank).fillna(len(rank))).sort_values('_r', kind='stable')
+    for r in todo.head(max_rows).itertuples():
+        detail = (f"pid {r.pid} on {r.host} since {r.started}" if r.status == 'running' else r.error if isinstance(r.error, str) and r.error
+                  else r.note if isinstance(r.note, str) else '')
+        lines.append(_clip(f"{r.status:11} {r.key}" + (f"  {detail}" if detail else ''), width))
+    if len(todo) > max_rows: lines.append(f"... and {len(todo) - max_rows} more not done (run_status(...) lists them all)")
+    return '\n'.join(lines)

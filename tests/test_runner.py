@@ -69,7 +69,7 @@ def test_rerun_after_kill_skips_finished_notebooks(notebooks, tmp_path):
     target = run / 'b/dreambooth-plain/customize/_SUCCESS.json'
     deadline = time.time() + 180
     while not target.exists() and time.time() < deadline: time.sleep(0.5)
-    time.sleep(2)  # b's color notebook is now sleeping
+    while len(_executions(run)) < 4 and time.time() < deadline: time.sleep(0.5)  # b's color notebook is now sleeping
     os.killpg(proc.pid, signal.SIGKILL); proc.wait()
     assert target.exists(), 'the runner did not reach the second concept in time'
     first = _executions(run)
