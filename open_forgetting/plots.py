@@ -17,7 +17,7 @@ import seaborn as sns
 # %% auto #0
 __all__ = ['METHOD_ABBREV', 'VARIANT_SUFFIX', 'BASE_COLOR', 'CONTROL_COLOR', 'CONTROL_LABEL', 'model_label', 'model_color',
            'palette', 'model_order', 'save_figure', 'image_grid', 'sorted_curves', 'plot_similarity_curves',
-           'plot_chromaticity', 'plot_drift_curves', 'plot_metric_bars', 'plot_class_drops']
+           'plot_chromaticity', 'plot_drift_curves', 'plot_metric_bars', 'plot_class_drops', 'kid_verdict', 'plot_kid']
 
 # %% ../nbs/12_plots.ipynb #22003e26
 METHOD_ABBREV = {'dreambooth': 'DB', 'custom_diffusion': 'CD', 'lora': 'LoRA', 'hypermod': 'HyperMod'}
@@ -128,12 +128,25 @@ def plot_chromaticity(df: pd.DataFrame, group: str = 'model', title: str | None 
     return fig
 
 # %% ../nbs/12_plots.ipynb #40848ac0
+def _kid_floor(ax, curves: pd.DataFrame, value: str, group: str) -> None:
+    "Shade from 0 to the control's largest per-prompt value: KID there (negative estimates included) is seed noise."
+    ctrl = curves[curves[group].astype(str).str.startswith('control')][value]
+    top = max(float(ctrl.max()), 0.0) if len(ctrl) else 0.0
+    ax.axhspan(0, top, color=CONTROL_COLOR, alpha=0.15, lw=0, label="control's range: seed noise")
+    ax.axhline(0, color=CONTROL_COLOR, lw=0.8)
+
 def plot_drift_curves(df: pd.DataFrame, metrics: Sequence[str] = ('cdi', 'kid'), group: str = 'model') -> plt.Figure:
-    "Figure 4: per metric, per-prompt distance curves per model sorted from closest to farthest, the control dashed grey."
+    "Figure 4: per metric, per-prompt distance curves per model sorted from closest to farthest, the control dashed grey; KID below 0 is drawn at 0."
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        _draw_curves(ax, sorted_curves(df, metric, group, ascending=True), metric, group)
-        ax.set_xlabel('prompts, sorted by distance (fraction)'); ax.set_ylabel(f'{metric.upper()} to base (lower is better)')
+        d = df.assign(**{metric: df[metric].clip(lower=0)}) if metric == 'kid' else df   # unbiased KID < 0 is noise, not "closer"
+        curves = sorted_curves(d, metric, group, ascending=True)
+        _draw_curves(ax, curves, metric, group)
+        if metric == 'kid':
+            _kid_floor(ax, curves, metric, group)
+            ax.set_ylabel('KID to base (estimates < 0 drawn at 0)')
+        else: ax.set_ylabel(f'{metric.upper()} to base (lower is better)')
+        ax.set_xlabel('prompts, sorted by distance (fraction)')
     fig.tight_layout()
     return fig
 
@@ -157,4 +170,35 @@ def plot_class_drops(per_class: pd.DataFrame, group: str = 'model', value: str =
     order = model_order(d[group])
     sns.stripplot(d, y='classname', x=value, hue=group, order=worst, palette=palette(order), ax=ax, size=6, jitter=False)
     ax.axvline(0, color=CONTROL_COLOR, lw=0.8); ax.set_xlabel('accuracy drop vs base (points)'); ax.set_ylabel('')
+    return ax
+
+# %% ../nbs/12_plots.ipynb #a2f2d1ad
+def kid_verdict(df: pd.DataFrame, group: str = 'model') -> pd.DataFrame:
+    "Per model, its KID interval read against the control's: 'above the control' only when the intervals are disjoint; never 'better' for a negative estimate."
+    need = {group, 'kid', 'kid_lo', 'kid_hi'}
+    if not need <= set(df.columns): raise ValueError(f"kid_verdict needs columns {sorted(need)} (from metrics.kid_table), got {sorted(df.columns)}.")
+    ctrl = df[df[group].astype(str).str.startswith('control')]
+    if len(ctrl) != 1: raise ValueError(f"kid_verdict needs exactly one control row in {group!r}, found {len(ctrl)}.")
+    c_hi = float(ctrl['kid_hi'].iloc[0])
+    out = df[~df[group].astype(str).str.startswith('control')][[group, 'kid', 'kid_lo', 'kid_hi']].copy()
+    out['verdict'] = np.where(out['kid_lo'] > c_hi, 'above the control', "within the control's noise")
+    return out.reset_index(drop=True)
+
+def plot_kid(df: pd.DataFrame, group: str = 'model', ax=None) -> plt.Axes:
+    "KID per model with its confidence interval, the control's interval as a grey band and below 0 marked as noise (never 'better')."
+    ax = ax or plt.subplots(figsize=(max(4, 0.8 * df[group].nunique() + 2), 3.4))[1]
+    order = model_order(df[group].astype(str))
+    ctrl = df[df[group].astype(str).str.startswith('control')]
+    if len(ctrl): ax.axhspan(float(ctrl.kid_lo.iloc[0]), float(ctrl.kid_hi.iloc[0]), color=CONTROL_COLOR, alpha=0.2, lw=0,
+                             label="control's interval (seed noise)")
+    ax.axhline(0, color=CONTROL_COLOR, lw=0.8)
+    for i, label in enumerate(order):
+        r = df[df[group].astype(str) == label].iloc[0]
+        ax.errorbar(i, r['kid'], yerr=[[r['kid'] - r['kid_lo']], [r['kid_hi'] - r['kid']]], fmt='o', capsize=3,
+                    color=model_color(label), label=label)
+    lo = min(0.0, float(df['kid_lo'].min()))
+    if lo < 0: ax.axhspan(lo * 1.1, 0, color='none', hatch='///', ec=CONTROL_COLOR, lw=0, label='below 0: noise of a zero distance')
+    ax.set_xticks(range(len(order)), order, rotation=30, fontsize=7)
+    ax.set_ylabel('KID to base (95% CI)')
+    ax.legend(fontsize=7, frameon=False, loc='upper left', bbox_to_anchor=(1.01, 1))
     return ax

@@ -10,6 +10,7 @@ from open_forgetting.generate import GenerationSettings, generate, load_images, 
 from open_forgetting.metrics import (bin_centres, chroma_histogram, chromaticity, chromaticity_coords, clip_i_curves,
                                      clip_image_similarity, clip_t_conventions, color_drift, color_drift_index, diversity,
                                      emd, fidelity, rgb_to_ab, grayscale_u8, histogram_distance, hellinger, js_distance, kid, kid_table,
+                                     kid_interval, mmd2_unbiased,
                                      lpips_available, mean_pairwise_cosine_distance, mean_pairwise_lpips, pair_manifest,
                                      texture_drift, texture_features, texture_table, vendi_score)
 from open_forgetting.models import ModelNotAvailableError, tiny_components
@@ -141,6 +142,20 @@ def test_kid_self_zero_grows_with_shift_and_subset_cap():
     with pytest.raises(ValueError, match=r'\(N, D\)'): kid(f[0], f)
 
 
+def test_kid_interval_covers_the_truth():
+    "Simulation: the 95% interval covers the population KID (from 3000-sample sets) in most of 60 draws of 100 features."
+    g = torch.Generator().manual_seed(5)
+    truth = mmd2_unbiased(torch.randn(3000, 8, generator=g), torch.randn(3000, 8, generator=g) + 0.5)
+    hits = zero_hits = 0
+    for r in range(60):
+        a, b = torch.randn(100, 8, generator=g), torch.randn(100, 8, generator=g)
+        iv = kid_interval(a, b + 0.5, subsets=60, seed=r)
+        hits += iv['kid_lo'] <= truth <= iv['kid_hi']
+        same = kid_interval(a[:40], b[:40], subsets=60, seed=r)            # one distribution: the truth is 0
+        zero_hits += same['kid_lo'] <= 0 <= same['kid_hi']
+    assert hits >= 51 and zero_hits >= 54, (hits, zero_hits)             # nominal 57 of 60; binomial slack
+
+
 def test_kid_feature_modules(clip):
     fm = kid_feature_module(clip, prefer_inception=False)
     a = _rand(3)
@@ -223,7 +238,7 @@ def test_pairing_and_tables(manifest, clip):
     assert len(tex) == 4 and {'glcm_contrast', 'lbp_js', 'texture_drift'} <= set(tex.columns)
 
     k = kid_table(pairs, EncoderFeatures(clip), subset_size=50, subsets=5)
-    assert len(k) == 4 and k.kid.notna().all()
+    assert len(k) == 4 and k.kid.notna().all() and (k.kid_lo <= k.kid).all() and (k.kid <= k.kid_hi).all()
 
     div = diversity(manifest, clip, lpips=False)
     assert len(div) == 4 and div.vendi.between(1, 6 + 1e-9).all() and div.pairwise_cosine_distance.notna().all()
