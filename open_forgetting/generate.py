@@ -16,16 +16,34 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .core import (get_dtype, torch_generator, cache_dir, atomic_write, atomic_save_json, load_json,
-                                  stable_hash, batched)
+                                  stable_hash, batched, quarantine, check_finite)
 from .models import Components, encode_prompts, decode_latents
 
 # %% auto #0
 __all__ = ['MANIFEST_COLUMNS', 'GenerationSettings', 'make_scheduler', 'latent_shape', 'initial_latents', 'sample', 'save_png',
-           'generate', 'load_images']
+           'verify_png', 'generate', 'load_images']
 
 # %% ../nbs/06_generate.ipynb #fb5ca186
 _SCHEDULERS = {'ddim': 'DDIMScheduler', 'dpm': 'DPMSolverMultistepScheduler', 'dpm++': 'DPMSolverMultistepScheduler',
                'euler': 'EulerDiscreteScheduler', 'pndm': 'PNDMScheduler', 'heun': 'HeunDiscreteScheduler'}
+
+_DTYPE_NAMES = ('fp32', 'float32', 'fp16', 'float16', 'half', 'bf16', 'bfloat16')
+
+def _check_int(name: str, value, low: int, example: str) -> None:
+    "A TypeError / ValueError naming GenerationSettings.`name` unless `value` is an int >= `low`."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"GenerationSettings.{name}={value!r} must be an integer, e.g. {example}.")
+    if value < low: raise ValueError(f"GenerationSettings.{name} must be >= {low}, got {value}; e.g. {example}.")
+
+def _check_number(name: str, value, low: float, example: str) -> None:
+    "A TypeError / ValueError naming GenerationSettings.`name` unless `value` is a finite real number >= `low`."
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"GenerationSettings.{name}={value!r} must be a number, e.g. {example}.")
+    if not np.isfinite(value) or value < low: raise ValueError(f"GenerationSettings.{name} must be finite and >= {low}, got {value}; e.g. {example}.")
+
+def _check_choice(name: str, value, choices: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"GenerationSettings.{name}={value!r} is unknown; use one of {list(choices)}.")
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -40,10 +58,15 @@ class GenerationSettings:
     batch_size: int = 8              # images per UNet batch (does not change which latent an image starts from)
 
     def __post_init__(self):
-        if self.scheduler not in _SCHEDULERS:
-            raise ValueError(f"GenerationSettings.scheduler={self.scheduler!r} is unknown; use one of {sorted(_SCHEDULERS)}.")
-        if self.steps < 1: raise ValueError(f"GenerationSettings.steps must be >= 1, got {self.steps}.")
-        if self.batch_size < 1: raise ValueError(f"GenerationSettings.batch_size must be >= 1, got {self.batch_size}.")
+        _check_choice('scheduler', self.scheduler, sorted(_SCHEDULERS))
+        _check_int('steps', self.steps, 1, 'steps=50')
+        _check_int('batch_size', self.batch_size, 1, 'batch_size=8')
+        _check_number('guidance_scale', self.guidance_scale, 0.0, 'guidance_scale=7.5 (<= 1 switches guidance off)')
+        for name in ('height', 'width'):
+            if getattr(self, name) is not None: _check_int(name, getattr(self, name), 1, f'{name}=512 or None (native)')
+        if not isinstance(self.negative_prompt, str):
+            raise TypeError(f"GenerationSettings.negative_prompt={self.negative_prompt!r} must be a string, e.g. negative_prompt=''.")
+        if self.dtype is not None: _check_choice('dtype', self.dtype, sorted(_DTYPE_NAMES))
 
     def size(self, components: Components) -> tuple[int, int]:
         "(height, width) in pixels for `components`, checked against the VAE's downsampling factor."
@@ -89,7 +112,7 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 @torch.inference_mode()
 def sample(components: Components, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings = GenerationSettings(),
            progress: bool = False) -> torch.Tensor:
-    "Images `(N, 3, H, W)` in [0, 1] on the CPU for paired `prompts[i]`, `seeds[i]` (one batch; see `generate` for many)."
+    "Images `(N, 3, H, W)` in [0, 1] on the CPU for paired `prompts[i]`, `seeds[i]` (one batch; see `generate` for many); `NonFiniteError` naming the step if the UNet returns NaN/inf."
     if isinstance(prompts, str): raise TypeError("prompts must be a list of strings, not a single string.")
     prompts, seeds = list(prompts), [int(x) for x in seeds]
     if len(prompts) != len(seeds):
@@ -105,10 +128,11 @@ def sample(components: Components, prompts: Sequence[str], seeds: Sequence[int],
     if cfg: cond = torch.cat([encode_prompts(components, [settings.negative_prompt]).expand_as(cond), cond])
     cond = cond.to(unet.dtype)
     with _autocast(device, dtype):
-        for t in tqdm(sched.timesteps, disable=not progress, leave=False):
+        for i, t in enumerate(tqdm(sched.timesteps, disable=not progress, leave=False)):
             x = torch.cat([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, t).to(unet.dtype)
-            eps = unet(x, t, encoder_hidden_states=cond).sample.float()
+            eps = check_finite(unet(x, t, encoder_hidden_states=cond).sample.float(), f'UNet of {components.source}',
+                               f'sampling step {i + 1}/{len(sched.timesteps)} (t={int(t)})')
             if cfg:
                 uncond, c = eps.chunk(2)
                 eps = uncond + settings.guidance_scale * (c - uncond)
@@ -128,30 +152,72 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     with atomic_write(path, 'wb') as f: Image.fromarray(arr).save(f, format='PNG')
     return Path(path)
 
+def verify_png(path: str | Path, size: tuple[int, int] | None = None) -> str | None:
+    "None when `path` is a whole PNG (every chunk's CRC checked, every pixel decoded) of `size` (H, W); else what is wrong."
+    try:
+        with Image.open(path) as im: im.verify()                       # structure and chunk checksums
+        with Image.open(path) as im:
+            im.load()                                                  # full decode
+            if im.format != 'PNG': return f'not a PNG ({im.format})'
+            if size is not None and (im.height, im.width) != tuple(size):
+                return f'{im.height}x{im.width} pixels, expected {size[0]}x{size[1]}'
+    except Exception as e: return f'{type(e).__name__}: {str(e)[:200]}'
+    return None
+
+def _read_manifest(path: Path, fresh: dict) -> dict:
+    "The folder's manifest, or `fresh` when it is missing or damaged (a damaged one is quarantined)."
+    if not path.exists(): return fresh
+    try:
+        m = load_json(path)
+        if not isinstance(m, dict) or not isinstance(m.get('images'), dict): raise ValueError("no 'images' table")
+        return m
+    except (ValueError, UnicodeDecodeError) as e:                     # json.JSONDecodeError is a ValueError
+        quarantine(path, f'unreadable manifest: {e}'); return fresh
+
+def _finished(folder: Path, jobs: Sequence[tuple[str, int]], size: tuple[int, int]) -> set[tuple[str, int]]:
+    "The (prompt, seed) jobs whose PNG is on disk and whole; damaged ones are quarantined, so they are generated again."
+    done = set()
+    for p, s in jobs:
+        path = _png_path(folder, p, s)
+        if not path.exists(): continue
+        why = verify_png(path, size)
+        if why is None: done.add((p, s))
+        else: quarantine(path, why)
+    return done
+
+# %% ../nbs/06_generate.ipynb #4bf3395a
+def _generate_model(name: str, comps: Components, jobs: list[tuple[str, int]], settings: GenerationSettings, folder: Path,
+                    cache: bool, progress: bool) -> None:
+    "Generate the jobs of one model into `folder` that are not finished there; the manifest is rebuilt from the files on disk."
+    mpath = folder / 'manifest.json'
+    manifest = _read_manifest(mpath, {'settings': settings.key(comps), 'fingerprint': comps.fingerprint(), 'images': {}})
+    done = _finished(folder, jobs, settings.size(comps)) if cache else set()
+    images = {n: e for n, e in manifest['images'].items() if (folder / n).exists()}           # entries of files still there
+    images.update({_png_path(folder, p, s).name: {'prompt': p, 'seed': s} for p, s in done})  # finished before a kill
+    if images != manifest['images'] or not mpath.exists(): atomic_save_json({**manifest, 'images': images}, mpath)
+    manifest['images'] = images
+    todo = [j for j in jobs if j not in done]
+    for batch in tqdm(list(batched(todo, settings.batch_size)), desc=f'generate {name}', disable=not progress or not todo):
+        out = sample(comps, [p for p, _ in batch], [s for _, s in batch], settings)
+        for (p, s), im in zip(batch, out):
+            manifest['images'][save_png(im, _png_path(folder, p, s)).name] = {'prompt': p, 'seed': s}
+        atomic_save_json(manifest, mpath)
+
 def generate(models: Components | Mapping[str, Components], prompts: Sequence[str], seeds: Sequence[int],
              settings: GenerationSettings = GenerationSettings(), cache: bool = True, root: str | Path | None = None,
              progress: bool = True) -> pd.DataFrame:
-    "Generate (or find cached) every prompt × seed for each model; returns the manifest `[model, fingerprint, prompt, seed, settings_hash, path]`."
+    "Generate (or find cached, verified) every prompt × seed for each model; returns the manifest `[model, fingerprint, prompt, seed, settings_hash, path]`."
     if isinstance(models, Components): models = {models.source: models}
     if isinstance(prompts, str): raise TypeError("prompts must be a list of strings, not a single string.")
     prompts, seeds = list(dict.fromkeys(prompts)), list(dict.fromkeys(int(x) for x in seeds))
     if not models or not prompts or not seeds: raise ValueError(f"generate needs at least one model, prompt and seed "
                                                                 f"(got {len(models)}, {len(prompts)}, {len(seeds)}).")
-    rows = []
+    rows, jobs = [], [(p, s) for p in prompts for s in seeds]
     for name, comps in models.items():
         fp, sh = comps.fingerprint(), settings.hash(comps)
         folder = (Path(root) / fp / sh) if root is not None else cache_dir('generations', fp, sh)
         folder.mkdir(parents=True, exist_ok=True)
-        mpath = folder / 'manifest.json'
-        manifest = load_json(mpath) if mpath.exists() else {'settings': settings.key(comps), 'fingerprint': fp, 'images': {}}
-        jobs = [(p, s) for p in prompts for s in seeds]
-        todo = [(p, s) for p, s in jobs if not cache or not _png_path(folder, p, s).exists()]
-        for batch in tqdm(list(batched(todo, settings.batch_size)), desc=f'generate {name}', disable=not progress or not todo):
-            images = sample(comps, [p for p, _ in batch], [s for _, s in batch], settings)
-            for (p, s), im in zip(batch, images):
-                path = save_png(im, _png_path(folder, p, s))
-                manifest['images'][path.name] = {'prompt': p, 'seed': s}
-            atomic_save_json(manifest, mpath)
+        _generate_model(name, comps, jobs, settings, folder, cache, progress)
         rows += [dict(model=name, fingerprint=fp, prompt=p, seed=s, settings_hash=sh, path=str(_png_path(folder, p, s)))
                  for p, s in jobs]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -110,3 +110,57 @@ def test_png_round_trip_is_8bit_exact(tmp_path):
     x = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
     save_png(x.float() / 255, tmp_path / 'x.png')
     assert torch.equal(load_images([tmp_path / 'x.png'], dtype=torch.uint8)[0], x)
+
+
+def test_kill_mid_run_then_rerun_recomputes_nothing_finished(tiny, tmp_path, monkeypatch):
+    "A run killed after its first batch (manifest never written for it) resumes from the files on disk, identically."
+    prompts, seeds = ['a photo of'], [0, 1, 2, 3]
+    clean = load_images(generate(tiny, prompts, seeds, FAST, root=tmp_path / 'clean', progress=False).path)
+    calls, real = [], gen.sample
+    def killed_after_one(c, p, s, st, **kw):
+        if calls: raise KeyboardInterrupt
+        calls.append(len(p)); return real(c, p, s, st, **kw)
+    monkeypatch.setattr(gen, 'sample', killed_after_one)
+    monkeypatch.setattr(gen, 'atomic_save_json', lambda *a, **k: None)      # killed before any manifest write
+    st = GenerationSettings(steps=2, batch_size=2)
+    with pytest.raises(KeyboardInterrupt): generate(tiny, prompts, seeds, st, root=tmp_path / 'run', progress=False)
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(gen, 'sample', lambda c, p, s, st, **kw: calls.append(list(s)) or real(c, p, s, st, **kw))
+    m = generate(tiny, prompts, seeds, st, root=tmp_path / 'run', progress=False)
+    assert calls == [[2, 3]]                                             # only the unfinished batch
+    assert torch.equal(load_images(m.path), clean)
+    assert len(load_json(Path(m.path[0]).parent / 'manifest.json')['images']) == 4
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip', 'empty', 'resized'])
+def test_damaged_image_is_quarantined_and_regenerated_identically(tiny, tmp_path, damage):
+    prompts, seeds = ['a photo of', 'a blurry photo of'], [0, 1]
+    m = generate(tiny, prompts, seeds, FAST, root=tmp_path, progress=False)
+    clean, victim = load_images(m.path), Path(m.path[1])
+    data = victim.read_bytes()
+    if damage == 'truncate': victim.write_bytes(data[: len(data) // 2])
+    if damage == 'flip': b = bytearray(data); b[-30] ^= 0x10; victim.write_bytes(bytes(b))
+    if damage == 'empty': victim.write_bytes(b'')
+    if damage == 'resized': save_png(torch.rand(3, 8, 8), victim)     # whole, but not the size this entry must have
+    with pytest.warns(UserWarning, match=victim.name):
+        m2 = generate(tiny, prompts, seeds, FAST, root=tmp_path, progress=False)
+    assert torch.equal(load_images(m2.path), clean)
+    assert len(list(tmp_path.rglob(f'{victim.name}.damaged-*'))) == 1
+
+
+def test_nan_unet_raises_naming_model_and_step(tiny, tmp_path):
+    import copy
+    from open_forgetting.core import NonFiniteError
+    broken = copy.deepcopy(tiny); broken.source = 'my-broken-model'
+    with torch.no_grad(): broken.unet.conv_in.weight[0, 0, 0, 0] = float('inf')
+    with pytest.raises(NonFiniteError, match=r'my-broken-model.*sampling step 1/2'):
+        generate(broken, ['a photo of'], [0], FAST, root=tmp_path, progress=False)
+    assert not list(tmp_path.rglob('*.png'))                             # nothing half-computed written
+
+
+@pytest.mark.parametrize('kw, name', [(dict(steps='10'), 'steps'), (dict(steps=True), 'steps'), (dict(batch_size=0), 'batch_size'),
+                                      (dict(guidance_scale=-1), 'guidance_scale'), (dict(guidance_scale=None), 'guidance_scale'),
+                                      (dict(width=12.5), 'width'), (dict(dtype='int8'), 'dtype'), (dict(scheduler=3), 'scheduler')])
+def test_settings_type_and_range_errors_name_the_parameter(kw, name):
+    with pytest.raises((TypeError, ValueError), match=f'GenerationSettings.{name}'): GenerationSettings(**kw)
