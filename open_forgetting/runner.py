@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_runner.ipynb #6a5e5e61
 from __future__ import annotations
-import contextlib, datetime, json, os, socket, time
+import contextlib, datetime, json, os, socket, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -210,15 +210,18 @@ def write_job_table(table: pd.DataFrame, path: str | Path) -> Path:
 # %% ../nbs/13_runner.ipynb #1f9638de
 MERGED_TABLE = 'jobs-merged.csv'
 
-def _read_table(path: Path) -> pd.DataFrame | None:
+def _read_table(path: Path, set_aside: bool = True) -> pd.DataFrame | None:
+    "A status table, or None when it is unreadable (then moved aside if `set_aside`, else only warned about)."
     try: return pd.read_csv(path, dtype={'error': str, 'note': str}, keep_default_na=False, na_values={'seconds': [''], 'eta_seconds': ['']})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        quarantine(path, f'not a readable CSV: {type(e).__name__}'); return None
+        if set_aside: quarantine(path, f'not a readable CSV: {type(e).__name__}')
+        else: warnings.warn(f"{path} is not a readable CSV ({type(e).__name__}); ignoring it.", stacklevel=3)
+        return None
 
 def merge_job_tables(run_dir: str | Path, write: bool = True) -> pd.DataFrame:
-    "All shards' `jobs*.csv` as one table, one row per job: its latest decided row (else its latest pending one); written atomically to `jobs-merged.csv`."
+    "All shards' `jobs*.csv` as one table, one row per job: its latest decided row (else its latest pending one); written atomically to `jobs-merged.csv` (`write=False`: read only)."
     files = sorted(p for p in Path(run_dir).glob('jobs*.csv') if p.name != MERGED_TABLE)
-    tables = [t.assign(table=f.name) for f in files if (t := _read_table(f)) is not None and 'key' in t]
+    tables = [t.assign(table=f.name) for f in files if (t := _read_table(f, write)) is not None and 'key' in t]
     if not tables: raise FileNotFoundError(f"No jobs*.csv status table in {run_dir}: is it the --run-dir of `open-forgetting run`?")
     t = pd.concat(tables, ignore_index=True)
     t['_order'] = t.key.map({k: i for i, k in enumerate(dict.fromkeys(t.key))})
@@ -357,14 +360,15 @@ def _fields(key: str, job: Job | None = None) -> dict:
     method, _, variant = cell.rpartition('-')
     return dict(key=key, experiment=experiment, concept=concept, method=method, variant=variant)
 
-def _known_keys(run_dir: Path, jobs: Sequence[Job] | None) -> list[str]:
-    "Keys of the job list (else of the jobs*.csv tables), then of every job folder holding a marker."
-    listed = [j.key for j in jobs] if jobs is not None else []
+def _known_keys(run_dir: Path, jobs: Sequence[Job] | None) -> tuple[list[str], dict]:
+    "Keys of the job list (else of the jobs*.csv tables, whose rows are returned too), then of every job folder holding a marker."
+    listed, tables = [j.key for j in jobs] if jobs is not None else [], {}
     if jobs is None and any(p.name != MERGED_TABLE for p in run_dir.glob('jobs*.csv')):
-        with contextlib.suppress(FileNotFoundError): listed = merge_job_tables(run_dir, write=False).key.tolist()
+        with contextlib.suppress(FileNotFoundError): tables = merge_job_tables(run_dir, write=False).set_index('key').to_dict('index')
+        listed = list(tables)
     found = {str(p.parent.relative_to(run_dir)).replace(os.sep, '/') for name in ('_SUCCESS.json', '_RUNNING.json', '_FAILED.json')
              for p in run_dir.glob(f'*/*/*/{name}')}
-    return list(dict.fromkeys(listed + sorted(found)))
+    return list(dict.fromkeys(listed + sorted(found))), tables
 
 def _changes_now(job: Job, run_dir: Path, marker: dict, notebooks: Path) -> list[str]:
     "What differs between a done job's marker and the job as it would run now ([] when the notebook is not there to compare)."
@@ -380,14 +384,16 @@ def run_status(run_dir: str | Path, jobs: Sequence[Job] | None = None, notebooks
     if not run_dir.is_dir(): raise FileNotFoundError(f"run_dir={str(run_dir)!r} is not a folder (expected the --run-dir of `open-forgetting run`).")
     notebooks = Path(notebooks) if notebooks else experiments_dir()
     by_key = {j.key: j for j in jobs or []}
-    rows = {}
-    for key in _known_keys(run_dir, jobs):
+    rows, (keys, tables) = {}, _known_keys(run_dir, jobs)
+    for key in keys:
         state, job = job_state(run_dir / key), by_key.get(key)
         marker = state.pop('_marker', None)
         if job and marker and (changes := _changes_now(job, run_dir, marker, notebooks)):
             state.update(status='outdated', note='marker differs: ' + '; '.join(changes))
-        if job and state['status'] == 'pending' and rows.get(job.depends_on, {}).get('status') in ('failed', 'blocked', 'interrupted'):
+        if job and state['status'] == 'pending' and rows.get(job.depends_on, {}).get('status') in ('failed', 'blocked'):
             state.update(status='blocked', error=f"{job.depends_on} {rows[job.depends_on]['status']}")
+        elif not job and state['status'] == 'pending' and tables.get(key, {}).get('status') == 'blocked':   # as the last run recorded it
+            state.update(status='blocked', error=tables[key].get('error', ''))
         rows[key] = {**_fields(key, job), **state}
     return pd.DataFrame(list(rows.values()), columns=_STATUS_COLUMNS)
 
