@@ -1,5 +1,5 @@
 """The study runner with real papermill: results, skip-on-rerun after a kill, failures, parameter checks, shards."""
-import os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -11,10 +11,10 @@ from open_forgetting.runner import plan_jobs, run_jobs
 PARAMS = "concept = 'x'\nmethod = 'dreambooth'\nvariant = 'plain'\nrun_dir = ''\nout_dir = ''\nscale = 1.0"
 
 
-def _notebook(path: Path, body: str):
+def _notebook(path: Path, *bodies: str):
     nb = nbformat.v4.new_notebook()
     p = nbformat.v4.new_code_cell(PARAMS); p.metadata['tags'] = ['parameters']
-    nb.cells = [p, nbformat.v4.new_code_cell(body)]
+    nb.cells = [p, *(nbformat.v4.new_code_cell(b) for b in bodies)]
     nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
     nbformat.write(nb, path)
 
@@ -95,3 +95,27 @@ def test_every_experiment_notebook_declares_the_runner_parameters():
         declared = set(notebook_parameters(experiments_dir() / f'{name}.ipynb'))
         assert {'concept', 'method', 'variant', 'run_dir', 'out_dir', 'preset'} <= declared, (name, declared)
     assert {'run_dir', 'figures_dir'} <= set(notebook_parameters(experiments_dir() / 'report.ipynb'))
+
+
+PROBE = """import json, os
+from pathlib import Path
+from open_forgetting.runner import run_status
+log = Path(out_dir, 'probe.log').read_text()
+running = json.loads(Path(out_dir, '_RUNNING.json').read_text())
+Path(out_dir, 'seen.json').write_text(json.dumps({'log': log, 'running': running, 'kernel_parent': os.getppid(),
+                                                  'status': run_status(run_dir).set_index('key').status.to_dict()}))"""
+
+
+def test_a_running_job_is_observable_from_outside(tmp_path):
+    "Real papermill: the kernel sees its earlier cell's output already in the job's log, its _RUNNING.json, and itself as running."
+    from open_forgetting.runner import Job, run_status
+    nbs = tmp_path / 'nbs'; nbs.mkdir()
+    _notebook(nbs / 'probe.ipynb', "print('hello from the kernel')", PROBE)
+    run = tmp_path / 'run'
+    status = run_jobs([Job('probe', 'a', 'dreambooth', 'plain')], run, nbs, progress=False)
+    assert status.status.tolist() == ['done'], status.error.tolist()
+    seen = json.loads((run / 'a/dreambooth-plain/probe/seen.json').read_text())
+    assert 'hello from the kernel' in seen['log'], 'the output must be in the log while the notebook still runs'
+    assert seen['running']['pid'] == os.getpid() == seen['kernel_parent']
+    assert seen['status'] == {'a/dreambooth-plain/probe': 'running'}
+    assert run_status(run).status.tolist() == ['done'] and not (run / 'a/dreambooth-plain/probe/_RUNNING.json').exists()
