@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_models.ipynb #42aa6104
 from __future__ import annotations
-import gzip, json, os
+import gzip, json, os, weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -17,10 +17,41 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .core import get_device, get_dtype, model_fingerprint, stable_hash, batched, _config_of
 
 # %% auto #0
-__all__ = ['Components', 'tokenize', 'encode_prompts', 'encode_images', 'decode_latents', 'build_clip_tokenizer', 'sd_scheduler',
-           'tiny_components', 'ModelNotAvailableError', 'save_components', 'load_components', 'to_pipeline']
+__all__ = ['PICKLE_SUFFIXES', 'CONVERT_HINT', 'weights_state', 'weights_fingerprint', 'Components', 'tokenize', 'encode_prompts',
+           'encode_images', 'decode_latents', 'build_clip_tokenizer', 'sd_scheduler', 'tiny_components',
+           'ModelNotAvailableError', 'UnsafeWeightsError', 'save_components', 'refuse_pickle', 'load_single_file',
+           'load_components', 'to_pipeline']
 
 # %% ../nbs/01_models.ipynb #eacc6538
+_FP_MEMO: 'weakref.WeakKeyDictionary[torch.nn.Module, tuple]' = weakref.WeakKeyDictionary()
+
+def _tensor_state(t: torch.Tensor) -> tuple:
+    "What identifies a tensor's current content cheaply: storage, in-place version counter, and 64 strided values."
+    if t.is_inference(): raise _Uncacheable            # inference tensors keep no version counter
+    flat = t.detach().reshape(-1)
+    probe = flat[torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()] if flat.numel() else flat
+    return (t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device), probe.float().cpu().numpy().tobytes())
+
+class _Uncacheable(Exception): pass
+
+def weights_state(*modules: torch.nn.Module) -> tuple:
+    "A cheap key of the modules' current weights: names, storages, `_version` counters, a sample of values, and configs."
+    return tuple((id(m), stable_hash(_config_of(m)),
+                  tuple((n, _tensor_state(t)) for n, t in m.state_dict(keep_vars=True).items())) for m in modules)
+
+def weights_fingerprint(*modules: torch.nn.Module) -> str:
+    """`core.model_fingerprint(*modules)`, memoized on the first module and recomputed whenever `weights_state` changes.
+
+    Every in-place write through the tensor (`copy_`, optimizer steps, `load_state_dict`) bumps its `_version`; a
+    replaced tensor moves its storage; a bulk write through `.data` (peft's merge) changes the sampled values."""
+    try: state = weights_state(*modules)
+    except _Uncacheable: return model_fingerprint(*modules)
+    hit = _FP_MEMO.get(modules[0])
+    if hit is not None and hit[0] == state: return hit[1]
+    fp = model_fingerprint(*modules)
+    _FP_MEMO[modules[0]] = (state, fp)
+    return fp
+
 @dataclass
 class Components:
     "UNet, VAE, text encoder, tokenizer and noise scheduler of a latent diffusion model."
@@ -63,9 +94,9 @@ class Components:
         return self
 
     def fingerprint(self) -> str:
-        "Stable hash of all weights, configs, the tokenizer vocabulary and the scheduler config (a cache key)."
+        "Stable hash of all weights, configs, the tokenizer vocabulary and the scheduler config (a cache key); weights hashed once per state."
         tok = stable_hash([self.tokenizer.get_vocab(), self.tokenizer.model_max_length])
-        return stable_hash([model_fingerprint(self.unet, self.vae, self.text_encoder), tok, _config_of(self.scheduler)])
+        return stable_hash([weights_fingerprint(self.unet, self.vae, self.text_encoder), tok, _config_of(self.scheduler)])
 
     def eval(self) -> 'Components':
         for m in (self.unet, self.vae, self.text_encoder): m.eval().requires_grad_(False)
@@ -174,12 +205,20 @@ def tiny_components(seed: int = 0, sample_size: int = 16, channels: Sequence[int
 class ModelNotAvailableError(OSError):
     "Raised when model weights are neither in a local folder nor obtainable from the hub."
 
+class UnsafeWeightsError(ModelNotAvailableError):
+    "Raised for pickle-based weight files (.ckpt, .bin, .pt): they can run code when loaded, so they are never opened."
+
 _SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
+_WEIGHT_SUBFOLDERS = ('unet', 'vae', 'text_encoder')
+PICKLE_SUFFIXES = ('.ckpt', '.bin', '.pt', '.pth', '.pkl')
+CONVERT_HINT = ("convert it once with diffusers' `scripts/convert_original_stable_diffusion_to_diffusers.py --checkpoint_path "
+                "FILE --dump_path FOLDER --to_safetensors` (a full .ckpt), or load its .safetensors single file instead "
+                "(`load_components('model.safetensors', config=FOLDER)`)")
 
 def save_components(components: Components, folder: str | Path) -> Path:
     "Save all components to `folder` in the diffusers layout (safetensors weights)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    for name in ('unet', 'vae', 'text_encoder'):
+    for name in _WEIGHT_SUBFOLDERS:
         getattr(components, name).save_pretrained(folder / name, safe_serialization=True)
     components.tokenizer.save_pretrained(folder / 'tokenizer')
     components.scheduler.save_pretrained(folder / 'scheduler')
@@ -193,20 +232,71 @@ def save_components(components: Components, folder: str | Path) -> Path:
 def _offline() -> bool:
     return any(os.environ.get(v, '').lower() in ('1', 'true', 'yes') for v in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))
 
+# %% ../nbs/01_models.ipynb #75de8d69
+def refuse_pickle(path: str | Path) -> None:
+    "Raise `UnsafeWeightsError` for a pickle-based weight file, saying what it is and how to convert it."
+    path = Path(path)
+    raise UnsafeWeightsError(f"{str(path)!r} is a {path.suffix} file: PyTorch pickle weights are refused and never opened "
+                             f"(unpickling can run arbitrary code). To use it, {CONVERT_HINT}.")
+
+def _check_folder(path: Path) -> None:
+    "A diffusers folder: every subfolder present and safetensors weights; otherwise say what was found instead."
+    missing = [s for s in _SUBFOLDERS if not (path / s).is_dir()]
+    if missing:
+        files = sorted(p.name for p in path.iterdir() if p.suffix in ('.safetensors', *PICKLE_SUFFIXES))
+        found = f" It holds {files}: pass a single-file checkpoint itself (a .safetensors file, with config=) instead." if files else ''
+        raise ModelNotAvailableError(f"Model folder {str(path)!r} lacks subfolders {missing}; expected the diffusers layout with "
+                                     f"{', '.join(_SUBFOLDERS)}.{found}")
+    for sub in _WEIGHT_SUBFOLDERS:
+        if not list((path / sub).glob('*.safetensors')):
+            pickles = sorted((path / sub).glob('*.bin')) + sorted((path / sub).glob('*.ckpt'))
+            if pickles: refuse_pickle(pickles[0])
+            raise ModelNotAvailableError(f"{str(path / sub)!r} holds no .safetensors weights; expected e.g. "
+                                         f"{sub}/{'model' if sub == 'text_encoder' else 'diffusion_pytorch_model'}.safetensors.")
+
+def _components_from(unet, vae, text_encoder, tokenizer, scheduler, src: str, device, dtype, vae_dtype) -> Components:
+    comps = Components(unet, vae, text_encoder, tokenizer, DDPMScheduler.from_config(scheduler.config), source=src)
+    comps.unet.to(device, dtype); comps.text_encoder.to(device, dtype); comps.vae.to(device, vae_dtype)
+    return comps.eval()
+
+def load_single_file(path: str | Path, config: str | Path | None = None, dtype: str | torch.dtype | None = None,
+                     device: str | torch.device | None = None, vae_dtype: str | torch.dtype | None = torch.float32) -> Components:
+    "Components from an original-layout (CompVis/A1111) `.safetensors` checkpoint through diffusers' `from_single_file`; `config`: a local diffusers folder of the same architecture (needed offline)."
+    from diffusers import StableDiffusionPipeline
+    device = get_device(device); dtype = get_dtype(device, dtype); vae_dtype = get_dtype(device, vae_dtype or dtype)
+    path = Path(path).expanduser()
+    if path.suffix in PICKLE_SUFFIXES: refuse_pickle(path)
+    if path.suffix != '.safetensors': raise ModelNotAvailableError(f"{str(path)!r} is not a .safetensors checkpoint.")
+    if not path.is_file(): raise ModelNotAvailableError(f"Checkpoint file {str(path)!r} does not exist.")
+    if config is None and _offline():
+        raise ModelNotAvailableError(f"Loading the single file {str(path)!r} offline needs its architecture: pass config= a local "
+                                     "diffusers folder of the same model family (its model_index.json, configs and tokenizer; "
+                                     "weights are not read), e.g. config='/models/stable-diffusion-v1-5'.")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), config=None if config is None else str(config),
+                                                        local_files_only=_offline() or config is not None,
+                                                        safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelNotAvailableError(f"Could not load the single-file checkpoint {str(path)!r} with config {str(config)!r}: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. The config folder must be the "
+                                     "same architecture as the checkpoint (a checkpoint for SD 1.x needs an SD 1.x config).") from e
+    return _components_from(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path), device, dtype, vae_dtype)
+
+# %% ../nbs/01_models.ipynb #da376bf1
 def load_components(source: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
                     local_files_only: bool | None = None, revision: str | None = None,
-                    vae_dtype: str | torch.dtype | None = torch.float32) -> Components:
-    "Load SD 1.x/2.x components from a local folder or a hub id; a clear `ModelNotAvailableError` when the weights are missing."
-    device = get_device(device); dtype = get_dtype(device, dtype); vae_dtype = get_dtype(device, vae_dtype or dtype)
+                    vae_dtype: str | torch.dtype | None = torch.float32, config: str | Path | None = None) -> Components:
+    "SD 1.x/2.x components from a local diffusers folder, a hub id or a single `.safetensors` checkpoint (with `config`); safetensors only, never a pickle."
     path = Path(source).expanduser()
+    if path.suffix in PICKLE_SUFFIXES: refuse_pickle(path)
+    if path.suffix == '.safetensors' and not path.is_dir():
+        return load_single_file(path, config, dtype=dtype, device=device, vae_dtype=vae_dtype)
+    device = get_device(device); dtype = get_dtype(device, dtype); vae_dtype = get_dtype(device, vae_dtype or dtype)
     is_local = path.is_dir()
     if not is_local and (str(source).startswith(('.', '/', '~')) or path.suffix):
-        raise ModelNotAvailableError(f"Model folder {str(source)!r} does not exist. Expected a folder with "
-                                     f"subfolders {', '.join(_SUBFOLDERS)} (the diffusers layout).")
-    if is_local:
-        missing = [s for s in _SUBFOLDERS if not (path / s).is_dir()]
-        if missing: raise ModelNotAvailableError(f"Model folder {str(path)!r} lacks subfolders {missing}; expected the "
-                                                 f"diffusers layout with {', '.join(_SUBFOLDERS)}.")
+        raise ModelNotAvailableError(f"Model folder or file {str(source)!r} does not exist. Expected a folder with "
+                                     f"subfolders {', '.join(_SUBFOLDERS)} (the diffusers layout) or a .safetensors checkpoint.")
+    if is_local: _check_folder(path)
     src = str(path if is_local else source)
     kw = dict(local_files_only=bool(local_files_only) or _offline() or is_local, revision=None if is_local else revision)
     try:
@@ -221,9 +311,7 @@ def load_components(source: str | Path, dtype: str | torch.dtype | None = None, 
                 f"{source}`) and pass the local folder: `load_components('/path/to/folder')`.")
         raise ModelNotAvailableError(f"Could not load model {str(source)!r} ({'offline mode' if kw['local_files_only'] else 'hub'}): "
                                      f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. {hint}") from e
-    comps = Components(unet, vae, text_encoder, tokenizer, scheduler, source=src)
-    comps.unet.to(device); comps.text_encoder.to(device); comps.vae.to(device)
-    return comps.eval()
+    return _components_from(unet, vae, text_encoder, tokenizer, scheduler, src, device, dtype, vae_dtype)
 
 # %% ../nbs/01_models.ipynb #26b0f7e9
 def to_pipeline(components: Components):

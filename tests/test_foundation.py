@@ -83,3 +83,37 @@ def test_atomic_json_and_stable_hash(tmp_path):
     assert load_json(tmp_path / 'x.json') == {'a': [1, 2], 'z': 1}
     assert stable_hash({'a': 1, 'b': 2}) == stable_hash({'b': 2, 'a': 1})
     assert model_fingerprint({'w': torch.zeros(2)}) != model_fingerprint({'w': torch.zeros(3)})
+
+
+def test_fingerprint_hashed_once_per_weight_state(monkeypatch):
+    import open_forgetting.models as M
+    comps = tiny_components(seed=2)
+    calls = []
+    real = M.model_fingerprint
+    monkeypatch.setattr(M, 'model_fingerprint', lambda *a, **k: calls.append(1) or real(*a, **k))
+    f0 = comps.fingerprint(); f1 = comps.fingerprint()
+    assert f0 == f1 and len(calls) == 1                                  # the second call hashes nothing
+    opt = torch.optim.SGD(comps.unet.parameters(), lr=0.1)              # an optimizer step changes every weight
+    comps.unet.requires_grad_(True)
+    comps.unet(torch.randn(1, 4, 16, 16), 10, encoder_hidden_states=torch.randn(1, 77, 32)).sample.sum().backward()
+    opt.step()
+    assert comps.fingerprint() != f0 and len(calls) == 2
+    assert comps.fingerprint() == stable_hash([real(comps.unet, comps.vae, comps.text_encoder),
+                                               stable_hash([comps.tokenizer.get_vocab(), comps.tokenizer.model_max_length]),
+                                               {k: v for k, v in comps.scheduler.config.items() if not k.startswith('_')}])
+
+
+def test_pickles_are_never_opened(tiny, tmp_path, monkeypatch):
+    import pickle
+    from open_forgetting.models import UnsafeWeightsError
+    monkeypatch.setattr(torch, 'load', lambda *a, **k: pytest.fail('torch.load was called'))
+    monkeypatch.setattr(pickle, 'load', lambda *a, **k: pytest.fail('pickle.load was called'))
+    save_components(tiny, tmp_path / 'm')
+    for sub, name in (('unet', 'diffusion_pytorch_model'), ('text_encoder', 'model')):
+        f = tmp_path / 'm' / sub / f'{name}.safetensors'
+        f.rename(f.with_suffix('.bin'))
+        with pytest.raises(UnsafeWeightsError, match=rf'{sub}.*{name}\.bin.*never opened'): load_components(tmp_path / 'm', device='cpu')
+        f.with_suffix('.bin').rename(f)
+    for suffix in ('.ckpt', '.pt', '.bin'):
+        (tmp_path / f'w{suffix}').write_bytes(b'\x80\x04K\x01.')        # a valid pickle: it must not be read
+        with pytest.raises(UnsafeWeightsError, match='--to_safetensors'): load_components(tmp_path / f'w{suffix}', device='cpu')
