@@ -360,11 +360,11 @@ def drift_map_command(base: str, tuned: str, vocabulary: str, out_dir: str | Pat
                       n_samples: int = 16, latents: str = 'pool', top_k: int = 10, seeds: Sequence[int] = (0, 1),
                       batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     "Load the two models, map the vocabulary, write drift_map.csv, drift_map.png/pdf and top_k.png/pdf to `out_dir` [ours]."
-    from open_forgetting.study import get_preset
+    from open_forgetting.study import load_study
     from open_forgetting.plots import save_figure
     b, t = load_model_pair(base, tuned)
     world = base == 'miniworld'
-    settings = get_preset('miniworld' if world else 'sd15').generation_settings()
+    settings = load_study('miniworld' if world else 'sd15', check_paths=False).generation_settings()   # the studies' sampler
     pool = ()
     if world:
         from open_forgetting.miniworld import generic_prompts

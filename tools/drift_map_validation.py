@@ -1,0 +1,132 @@
+"""Validation of the drift map in the miniature world (issue 16, item 4) [ours].
+
+For the study's models of one concept (default: DreamBooth and DreamBooth + Drift Correction of `heart_emblem`,
+'miniworld' study; trained and cached by `study.load_study_model` when missing), this compares, over the
+classification classes of the world (8 shapes + 6 colours, the classifier's own prompts):
+
+- each class's zero-shot accuracy drop (base minus tuned, the paper's per-class drop, `classify_over_seeds` at the
+  study's classifier seeds), and
+- the functional drift of the class prompt, D(c) and D(c)/S(c) (`drift_map`), for each z0 source and timestep range.
+
+It prints and writes the Spearman rank correlation of D with the drop, per model and pooled over the models, with a
+bootstrap CI over classes (and a permutation p-value). The correlations do not depend on machine load; timings do.
+
+    python tools/drift_map_validation.py                                  # defaults below
+    python tools/drift_map_validation.py --latents pool --t-ranges 0-1000 --n-samples 64 --sample-seeds 0,1
+"""
+from __future__ import annotations
+import argparse, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--study', default='miniworld', help='a shipped study name or a study file')
+    p.add_argument('--run-dir', default='', help="study run folder (default: $OPEN_FORGETTING_HOME/runs/drift-map-validation)")
+    p.add_argument('--concept', default='heart_emblem')
+    p.add_argument('--models', default='dreambooth:plain,dreambooth:dc', help='method:variant list')
+    p.add_argument('--latents', default='pool,own,noise')
+    p.add_argument('--t-ranges', default='0-1000,0-500,500-1000', help="timestep ranges for 'pool'/'own' ('noise' is t = T-1)")
+    p.add_argument('--n-samples', type=int, default=32)
+    p.add_argument('--sample-seeds', default='0', help='drift-map sample seeds (each one a separate estimate)')
+    p.add_argument('--n-boot', type=int, default=2000)
+    p.add_argument('--out', default='', help='output folder (default: <run-dir>/drift_map_validation)')
+    return p.parse_args(argv)
+
+
+def class_drops(S, base, model, label: str) -> pd.DataFrame:
+    "Per-class accuracy of base and model on the study's classification sets, and the drop (points)."
+    from open_forgetting.study import classification_sets, classifier_config, classify_over_seeds
+    rows = []
+    for name, (dataset, prompts) in classification_sets(S).items():
+        runs = classify_over_seeds({'base': base, label: model}, dataset, prompts, classifier_config(S, name), S.classification.seeds)
+        order = prompts.sort_values('classidx')
+        acc = {m: df.groupby('label').correct.mean() * 100 for m, df in runs.items()}
+        for idx, cls, prompt in zip(order.classidx, order.classname, order.prompt):
+            rows.append(dict(model=label, dataset=name, concept=cls, prompt=prompt, base_accuracy=acc['base'][idx],
+                             accuracy=acc[label][idx], drop=acc['base'][idx] - acc[label][idx]))
+    return pd.DataFrame(rows)
+
+
+def class_drifts(S, base, model, label: str, latents: str, t_range: tuple[int, int | None], n: int, seed: int) -> pd.DataFrame:
+    "The drift map over the classification prompts (one row per class)."
+    from open_forgetting.drift_map import drift_map, DriftMapConfig
+    from open_forgetting.miniworld import generic_prompts
+    cfg = DriftMapConfig(n_samples=n, latents=latents, t_min=t_range[0], t_max=t_range[1], seed=seed,
+                         pool_prompts=tuple(generic_prompts(16)), generation=S.generation_settings(), batch_size=64)
+    tabs = [drift_map(base, model, f'miniworld:{task}', config=cfg) for task in ('shape', 'colour')]
+    return pd.concat(tabs)[['concept', 'drift', 'signal', 'relative']].assign(
+        model=label, latents=latents, t_range=f'{t_range[0]}-{t_range[1] or 1000}', sample_seed=seed)
+
+
+def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float, float, float]:
+    "Spearman ρ, its percentile bootstrap 95% CI over rows, and a two-sided permutation p-value."
+    from scipy.stats import spearmanr
+    rho = spearmanr(x, y).statistic
+    rng = np.random.default_rng(seed)
+    boots = [spearmanr(x[i], y[i]).statistic for i in rng.integers(0, len(x), (n_boot, len(x)))]
+    perm = np.array([spearmanr(x, rng.permutation(y)).statistic for _ in range(n_boot)])
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return float(rho), float(lo), float(hi), float((np.abs(perm) >= abs(rho)).mean())
+
+
+def correlations(table: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    "ρ(D, drop) and ρ(D/S, drop) per model and pooled, for each z0 source, timestep range and sample seed."
+    rows = []
+    for key, g in table.groupby(['latents', 't_range', 'sample_seed']):
+        for model, h in [*g.groupby('model'), ('pooled', g)]:
+            for measure in ('drift', 'relative'):
+                rho, lo, hi, p = spearman_ci(h[measure].values, h['drop'].values, n_boot)
+                rows.append(dict(zip(['latents', 't_range', 'sample_seed'], key), model=model, measure=measure,
+                                 n_classes=len(h), rho=rho, rho_lo=lo, rho_hi=hi, p_perm=p))
+    return pd.DataFrame(rows)
+
+
+def study_model(S, run_dir: Path, concept: str, method: str, variant: str):
+    "The cell's model (trained when missing); a finished run that an older open_forgetting wrote is loaded as it is."
+    from open_forgetting.study import load_study_model, load_base, RunLayout
+    from open_forgetting.train import load_customized
+    try: return load_study_model(S, run_dir, concept, method, variant)
+    except FileExistsError as e:
+        print(f'note: {e.args[0][:160]}...: loading the finished run as it is', flush=True)
+        return load_customized(load_base(S), RunLayout(run_dir).model(concept, method, variant))
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    from open_forgetting.core import home_dir
+    from open_forgetting.study import load_study, load_base, load_study_model
+    from open_forgetting.plots import model_label
+    S = load_study(args.study)
+    run_dir = Path(args.run_dir) if args.run_dir else home_dir() / 'runs' / 'drift-map-validation'
+    out = Path(args.out) if args.out else run_dir / 'drift_map_validation'; out.mkdir(parents=True, exist_ok=True)
+    base = load_base(S)
+    ranges = [tuple(int(v) for v in r.split('-')) for r in args.t_ranges.split(',')]
+    seeds = [int(s) for s in args.sample_seeds.split(',')]
+    drops, drifts = [], []
+    for spec in args.models.split(','):
+        method, variant = spec.split(':'); label = model_label(method, variant)
+        model = study_model(S, run_dir, args.concept, method, variant)
+        t0 = time.time(); drops.append(class_drops(S, base, model, label)); print(f'{label}: classified in {time.time() - t0:.0f} s', flush=True)
+        for latents in args.latents.split(','):
+            for r in ([(999, None)] if latents == 'noise' else ranges):
+                for s in seeds:
+                    t0 = time.time(); drifts.append(class_drifts(S, base, model, label, latents, r, args.n_samples, s))
+                    print(f'{label}: drift map {latents} t={r} seed {s} in {time.time() - t0:.0f} s', flush=True)
+    table = pd.concat(drifts).merge(pd.concat(drops), on=['model', 'concept'])
+    corr = correlations(table, args.n_boot).assign(concept=args.concept, n_samples=args.n_samples, study=args.study)
+    table.to_csv(out / 'per_class.csv', index=False); corr.to_csv(out / 'correlations.csv', index=False)
+    pd.set_option('display.width', 200)
+    print(pd.concat(drops).round(1).to_string(index=False))
+    print(corr.round(3).to_string(index=False))
+    print(f'written: {out}/per_class.csv, {out}/correlations.csv')
+    return corr
+
+
+if __name__ == '__main__':
+    main()
