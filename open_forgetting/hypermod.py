@@ -519,6 +519,11 @@ if _CustomizationMethod is not None:
             if acc is None or acc.is_main_process:
                 atomic_save_json(self.run_info(), Path(trainer.run_dir) / self.report_file)
 
+        def identity(self) -> dict:
+            "The HyperMod and self-initialization settings (they change the trained result but are not TrainConfig fields; progress left out)."
+            hm, si = self.settings()
+            return {'hypermod': dataclasses.asdict(hm), 'self_init': {k: v for k, v in dataclasses.asdict(si).items() if k != 'progress'}}
+
         def run_info(self) -> dict:
             "Parameter counts, the HyperMod settings and the self-initialization residual of this run."
             m = getattr(self, 'modulator', None); r = getattr(self, 'self_init_report', None)

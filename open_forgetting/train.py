@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #d4477c0a
 from __future__ import annotations
-import copy, csv, dataclasses, importlib, json, math, random, shutil, time, warnings
+import copy, csv, dataclasses, hashlib, importlib, json, math, numbers, random, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,11 +17,12 @@ from safetensors.torch import save_file, load_file, save as safetensors_bytes
 from tqdm.auto import tqdm
 
 from .core import (get_device, get_dtype, home_dir, cache_dir, data_path, atomic_write, atomic_save_json,
-                                  load_json, stable_hash, torch_generator)
+                                  load_json, stable_hash, torch_generator, file_sha256, quarantine, check_finite,
+                                  NonFiniteError, DamagedFileError)
 from .models import Components, tokenize, encode_prompts, encode_images, to_pipeline
 from .losses import (training_target, denoising_loss, prior_preservation_loss, drift_correction_loss,
                                     regularization_prompts, load_generic_prompts, noised_regularization_latents,
-                                    REG_PROMPT_SOURCES, REG_LATENT_SOURCES)
+                                    teacher_prediction, TeacherPool, teacher_pool, REG_PROMPT_SOURCES, REG_LATENT_SOURCES)
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC', 'TRAINED_FILE', 'RUN_FILE',
@@ -29,7 +30,8 @@ __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT
            'load_concept', 'load_instance_images', 'TrainConfig', 'CustomizationMethod', 'register_method',
            'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion',
            'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
-           'Trainer', 'default_run_dir', 'customize', 'load_customized']
+           'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'Trainer', 'default_run_dir',
+           'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -109,11 +111,62 @@ def load_instance_images(files: Sequence[Path], resolution: int) -> Tensor:
     return torch.stack(out).clamp(0, 1) * 2 - 1
 
 # %% ../nbs/05_train.ipynb #a67249c5
+def _kind_ok(value, kind: str) -> bool:
+    "Is `value` of the annotated kind ('int', 'float', 'bool', 'str', 'tuple[str, ...]')? (bools are not numbers here)"
+    if isinstance(value, (bool, np.bool_)): return kind == 'bool'
+    if kind == 'bool': return False
+    if kind == 'int': return isinstance(value, numbers.Integral)
+    if kind == 'float': return isinstance(value, numbers.Real) and math.isfinite(value)
+    if kind == 'str': return isinstance(value, str)
+    if kind.startswith('tuple'): return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return True
+
+def _check_field_types(config) -> None:
+    "TypeError naming the field, its bad value and an example, for a TrainConfig value of the wrong type (ints accepted for floats)."
+    for f in dataclasses.fields(config):
+        value, kinds = getattr(config, f.name), [k.strip() for k in str(f.type).split('|')]
+        if value is None and 'None' in kinds: continue
+        kind = kinds[0]
+        if not _kind_ok(value, kind):
+            example = {'int': '3', 'float': '1e-4', 'bool': 'True', 'str': "'text'"}.get(kind, "('a', 'b')")
+            raise TypeError(f"TrainConfig.{f.name}={value!r} must be a{'n' if kind == 'int' else ''} {kind}"
+                            f"{' or None' if 'None' in kinds else ''} (finite), e.g. {f.name}={example}.")
+        if kind == 'float': setattr(config, f.name, float(value))
+        if kind == 'int': setattr(config, f.name, int(value))
+        if kind.startswith('tuple'): setattr(config, f.name, tuple(value))
+
+_POSITIVE = ('learning_rate', 'train_batch_size', 'adam_epsilon', 'max_grad_norm', 'dc_n_reg', 'lora_rank', 'lora_alpha',
+             'text_encoder_lr_scale', 'class_sampling_steps', 'validation_steps', 'keep_checkpoints', 'snr_gamma', 'resolution')
+_NON_NEGATIVE = ('max_steps', 'lr_warmup_steps', 'adam_weight_decay', 'lambda_pr', 'num_class_images', 'class_seed',
+                 'class_guidance_scale', 'lambda_dc', 'dc_replay_images', 'dc_teacher_pool', 'checkpoint_every',
+                 'validation_every', 'validation_guidance_scale', 'seed')
+
+def _check_ranges(config) -> None:
+    "ValueError naming the field and its bad value for a TrainConfig number out of its range."
+    for name in _POSITIVE + _NON_NEGATIVE:
+        v = getattr(config, name)
+        if v is not None and (v <= 0 if name in _POSITIVE else v < 0):
+            raise ValueError(f"TrainConfig.{name}={v!r} must be {'> 0' if name in _POSITIVE else '>= 0'}.")
+    for name in ('adam_beta1', 'adam_beta2'):
+        if not 0 <= getattr(config, name) < 1: raise ValueError(f"TrainConfig.{name}={getattr(config, name)!r} must be in [0, 1).")
+
+def _check_variant(config) -> None:
+    "ValueError when the variant label and the loss weights disagree ('plain': λ_DC = 0; 'dc': λ_DC > 0; 'dc_pr': λ_DC > 0, λ_pr = 0)."
+    v, dc, pr = config.variant, config.lambda_dc, config.lambda_pr
+    if v not in ('plain', 'dc', 'dc_pr'): raise ValueError(f"TrainConfig.variant={v!r}; use 'plain', 'dc' or 'dc_pr'.")
+    if v == 'plain' and dc > 0:
+        raise ValueError(f"variant='plain' with lambda_dc={dc}: a plain run has no Drift Correction. Use variant='dc' "
+                         "(or 'dc_pr' without prior preservation) to train with it, or lambda_dc=0.")
+    if v != 'plain' and dc == 0:
+        raise ValueError(f"variant={v!r} with lambda_dc=0 trains without Drift Correction; set lambda_dc > 0 or use variant='plain'.")
+    if v == 'dc_pr' and pr > 0:
+        raise ValueError(f"variant='dc_pr' (X-DC without prior preservation) with lambda_pr={pr}; set lambda_pr=0 or use variant='dc'.")
+
 @dataclass
 class TrainConfig:
     "Every setting of a customization run (methods' usual values in STUDY §5; DC settings STUDY §3 [ours])."
     method: str = 'dreambooth'
-    variant: str = 'plain'                 # label only: 'plain' (X), 'dc' (X-DC), 'dc_pr' (X-DC\pr)
+    variant: str = 'plain'                 # 'plain' (X, lambda_dc = 0), 'dc' (X-DC), 'dc_pr' (X-DC\pr, lambda_pr = 0)
     max_steps: int = 400
     learning_rate: float = 5e-6
     train_batch_size: int = 1              # instance images per step (class images add as many again)
@@ -146,6 +199,8 @@ class TrainConfig:
     dc_latents: str = 'batch'              # 'batch', 'prior', 'noise', 'replay'
     dc_prompt_file: str | None = None      # None: data/generic_prompts.txt
     dc_replay_images: int = 64             # size of the replay set (dc_latents='replay')
+    dc_teacher_pool: int = 0               # 0: live teacher; N > 0: the teacher's predictions on a fixed pool of N DC samples,
+                                           # computed once and cached (the teacher UNet is then freed) [ours]
     dc_fused: bool = True                  # student sees main batch + reg samples in one forward (one DDP pass; batch-size
                                            # dependent kernels make DC ~1e-14 instead of exactly 0 at θ = θ0; False: separate pass)
     # method-specific
@@ -159,7 +214,7 @@ class TrainConfig:
     lora_alpha: float | None = None        # lora: None = rank (scale 1)
     lora_targets: tuple[str, ...] = ('to_q', 'to_k', 'to_v', 'to_out.0')
     # engineering
-    checkpoint_every: int | None = None
+    checkpoint_every: int | None = None    # None: every ~10% of max_steps (at most 100 steps apart); 0: never
     keep_checkpoints: int = 1              # the newest N checkpoints are kept while training
     keep_checkpoints_when_done: bool = False   # False: a finished run folder holds only the trained parameters
     validation_every: int | None = None
@@ -169,13 +224,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        _check_field_types(self)
+        _check_ranges(self)
         if self.mixed_precision not in ('no', 'fp16', 'bf16'):
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; use 'no', 'fp16' or 'bf16'.")
         if self.dc_prompts not in REG_PROMPT_SOURCES: raise ValueError(f"dc_prompts={self.dc_prompts!r}; use one of {REG_PROMPT_SOURCES}.")
         if self.dc_latents not in REG_LATENT_SOURCES: raise ValueError(f"dc_latents={self.dc_latents!r}; use one of {REG_LATENT_SOURCES}.")
-        if self.max_steps < 0 or self.train_batch_size < 1 or self.dc_n_reg < 1:
-            raise ValueError("max_steps must be >= 0, train_batch_size and dc_n_reg >= 1.")
-        self.lora_targets, self.validation_prompts = tuple(self.lora_targets), tuple(self.validation_prompts)
+        _check_variant(self)
 
     @property
     def uses_prior(self) -> bool: return self.lambda_pr > 0
@@ -183,12 +238,38 @@ class TrainConfig:
     def uses_dc(self) -> bool: return self.lambda_dc > 0
     @property
     def needs_class_images(self) -> bool: return self.uses_prior or (self.uses_dc and self.dc_latents == 'prior')
+    @property
+    def checkpoint_interval(self) -> int | None:
+        "Steps between checkpoints: `checkpoint_every`, else (None) about a tenth of max_steps and at most 100; None when 0 (never)."
+        if self.checkpoint_every == 0: return None
+        return self.checkpoint_every or max(1, min(100, math.ceil(self.max_steps / 10)))
 
     def to_dict(self) -> dict: return asdict(self)
+
+    def identity(self) -> dict:
+        "The settings that change the trained result, by name: not the engineering ones (progress, checkpoints, validation, device); DC's only with DC on, the DC prompt file by its content's SHA-256 (not its path)."
+        d = {k: v for k, v in asdict(self).items() if k not in _ENGINEERING_FIELDS}
+        if not self.uses_dc:
+            for k in [k for k in d if k.startswith('dc_')]: del d[k]
+        elif self.dc_prompts == 'generic' or self.dc_latents == 'replay':
+            d['dc_prompt_file'] = _prompt_file_digest(self.dc_prompt_file)
+        else: del d['dc_prompt_file']
+        if not (self.needs_class_images or (self.uses_dc and self.dc_latents == 'replay')):
+            for k in ('num_class_images', 'class_seed', 'class_sampling_steps', 'class_guidance_scale'): del d[k]
+        return d
+
     def key(self) -> str:
-        "Hash of the settings that change the trained result (not progress bar, checkpoint or validation cadence, device)."
-        skip = {'progress', 'checkpoint_every', 'keep_checkpoints', 'keep_checkpoints_when_done', 'validation_every', 'device'}
-        return stable_hash({k: v for k, v in asdict(self).items() if k not in skip})
+        "Hash of `identity()`: equal for configurations that train the same result."
+        return stable_hash(self.identity())
+
+_ENGINEERING_FIELDS = {'progress', 'checkpoint_every', 'keep_checkpoints', 'keep_checkpoints_when_done', 'validation_every',
+                       'validation_prompts', 'validation_steps', 'validation_guidance_scale', 'device'}
+
+def _prompt_file_digest(path: str | None) -> str:
+    "'sha256:<hex>' of the DC prompt file's bytes (the shipped data/generic_prompts.txt for None): its content, not its path, keys a run."
+    p = Path(path).expanduser() if path is not None else data_path('generic_prompts.txt')
+    if not p.is_file(): raise FileNotFoundError(f"dc_prompt_file={str(path)!r} does not exist; pass a text file of prompts, one per line.")
+    return 'sha256:' + file_sha256(p)
 
 # %% ../nbs/05_train.ipynb #3e147e5f
 class CustomizationMethod:
@@ -245,6 +326,10 @@ class CustomizationMethod:
 
     def extra_loss_terms(self, trainer: 'Trainer') -> dict[str, Tensor]:
         "Additional weighted loss terms of this method, added to the step's loss and shown in the progress bar (default: none)."
+        return {}
+
+    def identity(self) -> dict:
+        "Settings of this method that change the trained result but are not TrainConfig fields: part of a run's identity (default: none)."
         return {}
 
 METHODS: dict[str, type[CustomizationMethod]] = {}
@@ -422,14 +507,19 @@ def variant_config(method: str = 'dreambooth', variant: str = 'plain', **overrid
     return TrainConfig(method=method, variant=variant, **kw)
 
 # %% ../nbs/05_train.ipynb #8034fee8
+def _sampling_view(base: Components) -> Components:
+    "`base` with a private copy of its scheduler: diffusers' pipeline rewrites deprecated scheduler settings (clip_sample, steps_offset) in place, which would change the caller's base model."
+    return Components(base.unet, base.vae, base.text_encoder, base.tokenizer, copy.deepcopy(base.scheduler), base.source)
+
 @torch.no_grad()
 def _sample(base: Components, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float,
-            output_type: str, batch_size: int = 8) -> Tensor:
+            output_type: str, batch_size: int = 8, resolution: int | None = None) -> Tensor:
+    "DDIM samples of `prompts` (seed per prompt) at `resolution` (None: the model's native one); `base` is not modified."
     from diffusers import DDIMScheduler
-    pipe = to_pipeline(base)
+    pipe = to_pipeline(_sampling_view(base))
     pipe.scheduler = DDIMScheduler.from_config(base.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    res, out = base.resolution, []
+    res, out = resolution or base.resolution, []
     for i in range(0, len(prompts), batch_size):
         gens = [torch_generator(s) for s in seeds[i:i + batch_size]]
         r = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
@@ -437,45 +527,70 @@ def _sample(base: Components, prompts: Sequence[str], seeds: Sequence[int], step
         out.append(r.images.float().cpu())
     return torch.cat(out)
 
+def _write_verified(path: Path, tensors: dict[str, Tensor], metadata: dict | None = None) -> str:
+    "Write `tensors` as safetensors atomically; returns the SHA-256 of the bytes written (to store beside it and check on read)."
+    data = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    with atomic_write(path) as f: f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+def _read_verified(path: Path, sha256: str | None) -> dict[str, Tensor] | None:
+    "The tensors of a cached safetensors file whose bytes have SHA-256 `sha256`; None when absent, or when damaged or unverifiable (then set aside with `core.quarantine`)."
+    if not path.exists(): return None
+    if sha256 is None: quarantine(path, 'no checksum was recorded for it'); return None
+    if file_sha256(path) != sha256: quarantine(path, 'its SHA-256 does not match the recorded one (truncated or altered)'); return None
+    return load_file(path)
+
+def _read_meta(path: Path) -> dict:
+    "A cache's JSON sidecar, or {} when absent or unreadable (an unreadable one is set aside)."
+    if not path.exists(): return {}
+    try: return load_json(path)
+    except (ValueError, UnicodeDecodeError) as e: quarantine(path, f'not valid JSON: {e}'); return {}
+
 def class_images(base: Components, class_prompt: str, n: int, seed: int = 0, steps: int = 50, guidance: float = 7.5,
-                 fingerprint: str | None = None, progress: bool = True) -> dict[str, Tensor]:
-    "Prior-preservation data generated by the base model, cached: {'images' [0,1], 'latents', 'latents_flipped'} (seeds seed..seed+n-1)."
+                 fingerprint: str | None = None, progress: bool = True, resolution: int | None = None) -> dict[str, Tensor]:
+    "Prior-preservation data generated by the base model at `resolution` (None: native), cached and verified on read: {'images' [0,1], 'latents', 'latents_flipped'} (seeds seed..seed+n-1)."
     fingerprint = fingerprint or base.fingerprint()
+    res = resolution or base.resolution
     key = stable_hash(dict(fp=fingerprint, prompt=class_prompt, seeds=[seed, n], steps=steps, guidance=guidance,
-                           res=base.resolution, sampler='ddim'))
-    folder = cache_dir('class_images', key); path = folder / 'latents.safetensors'
-    if path.exists(): return load_file(path)
+                           res=res, sampler='ddim'))
+    folder = cache_dir('class_images', key); path, meta_path = folder / 'latents.safetensors', folder / 'meta.json'
+    cached = _read_verified(path, _read_meta(meta_path).get('sha256'))
+    if cached is not None: return cached
     images = []
     for lo in tqdm(range(0, n, 8), desc=f'class images "{class_prompt}"', disable=not progress, leave=False):
         seeds = list(range(seed + lo, seed + min(n, lo + 8)))
-        images.append(_sample(base, [class_prompt] * len(seeds), seeds, steps, guidance, 'pt'))
-    images = torch.cat(images)
+        images.append(_sample(base, [class_prompt] * len(seeds), seeds, steps, guidance, 'pt', resolution=res))
+    images = check_finite(torch.cat(images), f'base model {base.source}', f'class images of "{class_prompt}"')
     from torchvision.utils import save_image
     for k, im in enumerate(images): save_image(im, folder / f'{seed + k:06d}.png')
     lat = encode_images(base, images * 2 - 1).float().cpu()
     lat_f = encode_images(base, images.flip(-1) * 2 - 1).float().cpu()
     data = dict(images=images.contiguous(), latents=lat.contiguous(), latents_flipped=lat_f.contiguous())
-    with atomic_write(path) as f: f.write(safetensors_bytes(data))
-    atomic_save_json(dict(prompt=class_prompt, seeds=[seed, seed + n - 1], steps=steps, guidance=guidance,
-                          fingerprint=fingerprint), folder / 'meta.json')
+    sha = _write_verified(path, data)
+    atomic_save_json(dict(prompt=class_prompt, seeds=[seed, seed + n - 1], steps=steps, guidance=guidance, resolution=res,
+                          fingerprint=fingerprint, sha256=sha), meta_path)
     return data
 
 def replay_latents(base: Components, prompts: Sequence[str], n: int, seed: int = 0, steps: int = 50, guidance: float = 7.5,
-                   fingerprint: str | None = None) -> tuple[Tensor, Tensor]:
-    "DC's replay set [ours, STUDY §3]: latents the base model samples for generic prompts i % len(prompts), i < n, with seed+i; cached. Returns (latents, prompt indices)."
+                   fingerprint: str | None = None, resolution: int | None = None) -> tuple[Tensor, Tensor]:
+    "DC's replay set [ours, STUDY §3]: latents the base model samples at `resolution` for generic prompts i % len(prompts), i < n, with seed+i; cached and verified on read. Returns (latents, prompt indices)."
     fingerprint = fingerprint or base.fingerprint()
     idx = [i % len(prompts) for i in range(n)]
     ps = [prompts[i] for i in idx]
-    key = stable_hash(dict(fp=fingerprint, prompts=ps, seed=seed, steps=steps, guidance=guidance, res=base.resolution))
-    path = cache_dir('replay') / f'{key}.safetensors'
-    if not path.exists():
-        lat = _sample(base, ps, [seed + i for i in range(n)], steps, guidance, 'latent')
-        with atomic_write(path) as f: f.write(safetensors_bytes({'latents': lat.contiguous()}))
-    return load_file(path)['latents'], torch.tensor(idx)
+    res = resolution or base.resolution
+    key = stable_hash(dict(fp=fingerprint, prompts=ps, seed=seed, steps=steps, guidance=guidance, res=res))
+    path = cache_dir('replay') / f'{key}.safetensors'; meta_path = path.with_suffix('.json')
+    cached = _read_verified(path, _read_meta(meta_path).get('sha256'))
+    if cached is None:
+        lat = check_finite(_sample(base, ps, [seed + i for i in range(n)], steps, guidance, 'latent', resolution=res),
+                           f'base model {base.source}', 'the DC replay set')
+        cached = {'latents': lat.contiguous()}
+        atomic_save_json(dict(n=n, seed=seed, resolution=res, fingerprint=fingerprint, sha256=_write_verified(path, cached)), meta_path)
+    return cached['latents'], torch.tensor(idx)
 
 # %% ../nbs/05_train.ipynb #a9ae2fae
-class NonFiniteLossError(RuntimeError):
-    "Raised when a training loss becomes NaN or infinite; the last good checkpoint is kept."
+class NonFiniteLossError(NonFiniteError, RuntimeError):
+    "Raised when a training loss or a UNet output becomes NaN or infinite (a `core.NonFiniteError`); the last good checkpoint is kept."
 
 class BaseModelMismatchError(ValueError):
     "Raised when trained parameters are applied to a base model other than the one they were trained from."
@@ -509,6 +624,39 @@ def _set_rng_state(generator: torch.Generator, d: dict, meta: dict) -> None:
     np.random.set_state((n[0], d['numpy_keys'].numpy().astype(np.uint32), n[1], n[2], n[3]))
     py = meta['python']; random.setstate((py[0], tuple(py[1]), py[2]))
 
+# %% ../nbs/05_train.ipynb #c8279fc7
+def build_student(base: Components, method: CustomizationMethod, concept: ConceptSpec, seed: int) -> Components:
+    "A private copy of `base` turned into `method`'s student: UNet copied, text encoder and tokenizer copied when the method changes them, scheduler copied; `method.prepare` seeded by `seed` (the global RNG is left as it was)."
+    copy_te = method.modifies_text_encoder
+    student = Components(copy.deepcopy(base.unet), base.vae,
+                         copy.deepcopy(base.text_encoder) if copy_te else base.text_encoder,
+                         copy.deepcopy(base.tokenizer) if copy_te else base.tokenizer,
+                         copy.deepcopy(base.scheduler), base.source)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        method.prepare(student, concept)
+    return student
+
+def concept_identity(concept: ConceptSpec) -> dict:
+    "What of a concept changes training: its words and kind, and its instance images by name and SHA-256 (not the folder's path)."
+    d = {k: v for k, v in asdict(concept).items() if k != 'instance_dir'}
+    if concept.instance_dir is not None:
+        d['images'] = {p.name: file_sha256(p) for p in instance_image_files(concept.instance_dir)}
+    return d
+
+def run_identity(base_fingerprint: str, concept: ConceptSpec, config: TrainConfig) -> dict:
+    "Everything that makes two customization runs the same run: training settings, method settings, concept, base model, steps."
+    return dict(config=config.identity(), method_settings=get_method(config).identity(), concept=concept_identity(concept),
+                base_fingerprint=base_fingerprint, steps=config.max_steps)
+
+def identity_diff(old: Any, new: Any, prefix: str = '') -> list[str]:
+    "The fields where two (nested) identities differ, as 'field: old -> new' lines."
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in identity_diff(old.get(k, '<absent>'), new.get(k, '<absent>'), f'{prefix}{k}.')]
+    same = stable_hash(old) == stable_hash(new)       # 1 and 1.0, tuples and lists are equal
+    return [] if same else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
 # %% ../nbs/05_train.ipynb #4b29944b
 class Trainer:
     "One customization run of `concept` on a copy of `base` with `config`; `run()` trains and saves, `train_step()` does one step."
@@ -525,73 +673,94 @@ class Trainer:
         self.class_prompt = config.class_template.format(**fill)
         self.validation_prompts = [p.format(**fill) for p in config.validation_prompts] or [self.instance_prompt]
         self.step, self.history = 0, []
+        self.identity = run_identity(self.base_fingerprint, concept, config)
+        self.identity_key = stable_hash(self.identity)
         self._setup()
 
     # ---- setup: everything that happens once per run
     def _setup(self):
-        c, base = self.config, self.base
-        device = get_device(c.device)
-        self.accelerator = acc = _make_accelerator(c, device)
+        c = self.config
+        self.accelerator = acc = _make_accelerator(c, get_device(c.device))
         self.device = acc.device
-        if base.unet.device.type != self.device.type:
-            warnings.warn(f"The base model is on {base.unet.device} but training runs on {self.device}: instance/class latents "
-                          f"and class images are computed on {base.unet.device} (slow for SD). Move it first: base.to('{self.device.type}').")
+        if self.base.unet.device.type != self.device.type:
+            warnings.warn(f"The base model is on {self.base.unet.device} but training runs on {self.device}: instance/class latents "
+                          f"and class images are computed on {self.base.unet.device} (slow for SD). Move it first: base.to('{self.device.type}').")
         self.weight_dtype = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[c.mixed_precision]
-        torch.manual_seed(c.seed)                       # adapter / token initialisation is seeded by the run
+        self.resolution = c.resolution or self.base.resolution
+        torch.manual_seed(c.seed)
         self.generator = torch_generator(c.seed + acc.process_index)   # each GPU draws its own data and noise
         random.seed(c.seed); np.random.seed(c.seed)
-        # the student: a private copy (the caller's base model is never modified)
-        copy_te = self.method.modifies_text_encoder
-        self.student = Components(copy.deepcopy(base.unet), base.vae,
-                                  copy.deepcopy(base.text_encoder) if copy_te else base.text_encoder,
-                                  copy.deepcopy(base.tokenizer) if copy_te else base.tokenizer, base.scheduler, base.source)
-        self.method.prepare(self.student, self.concept)
+        self._setup_student()
+        self._setup_data()
+        self._setup_prompts()
+        self._setup_teacher()
+        self._setup_optimizer()
+
+    def _setup_student(self):
+        "The student (`build_student`: the caller's base model is never modified), moved to the device: trained parameters fp32, frozen ones in the training dtype."
+        c, base = self.config, self.base
+        self.student = build_student(base, self.method, self.concept, c.seed)
         self.params = self.method.trainable_parameters(self.student)
         if not self.params: raise ValueError(f"Method {c.method!r} left no trainable parameters.")
         for m in (self.student.unet, self.student.text_encoder):
-            if m is base.text_encoder and not copy_te: continue
-            m.to(self.device)                           # buffers too; then trained params fp32, frozen ones in the training dtype
+            if m is base.text_encoder: continue                  # shared with the caller, frozen: left as it is
+            m.to(self.device)
             for p in m.parameters(): p.data = p.data.to(dtype=torch.float32 if p.requires_grad else self.weight_dtype)
         self.student.unet.train()
-        trains_te = any(k.startswith('text_encoder.') for k in self.params)
+        self.trains_te = any(k.startswith('text_encoder.') for k in self.params)
         if c.gradient_checkpointing:
             self.student.unet.enable_gradient_checkpointing()
-            if trains_te: self.student.text_encoder.gradient_checkpointing_enable()
-        # frozen teacher θ0 in the training dtype (the caller's UNet itself when it already is)
-        self.teacher = None
-        if c.uses_dc:
-            bu = base.unet
-            same = bu.dtype == self.weight_dtype and bu.device == self.device
-            self.teacher = bu if same else copy.deepcopy(bu).to(self.device, self.weight_dtype)
-            self.teacher.eval().requires_grad_(False)
-        # data: instance and class latents, encoded once
-        files = instance_image_files(self.concept.instance_dir)
-        res = c.resolution or base.resolution
-        images = load_instance_images(files, res)
+            if self.trains_te: self.student.text_encoder.gradient_checkpointing_enable()
+
+    def _setup_data(self):
+        "Instance latents (and flipped), class-image latents and the replay set, all at the training resolution, encoded once."
+        c, base, acc = self.config, self.base, self.accelerator
+        images = load_instance_images(instance_image_files(self.concept.instance_dir), self.resolution)
         self.instance_latents = encode_images(base, images).float().to(self.device)
         self.instance_latents_flipped = encode_images(base, images.flip(-1)).float().to(self.device)
         self.class_data = None
         if c.needs_class_images:
             with acc.main_process_first():              # one process fills the cache, the others read it
                 d = class_images(base, self.class_prompt, c.num_class_images, c.class_seed, c.class_sampling_steps,
-                                 c.class_guidance_scale, self.base_fingerprint, progress=c.progress)
+                                 c.class_guidance_scale, self.base_fingerprint, progress=c.progress, resolution=self.resolution)
             self.class_data = {k: d[k].to(self.device) for k in ('latents', 'latents_flipped')}
-        # prompts, encoded once with the frozen encoder; the student's own encoding only where its text encoder trains
+
+    def _setup_prompts(self):
+        "Prompts encoded once with the frozen encoder (the student's own encoding only where its text encoder trains); DC's prompt set and replay set."
+        c, base = self.config, self.base
         self.text_mode = self.method.text_training()
         # (.clone() turns inference-mode tensors into ordinary ones that autograd may save)
         self.instance_embeds = encode_prompts(self.student, [self.instance_prompt]).to(self.device).clone()
         self.class_embeds = encode_prompts(base, [self.class_prompt]).to(self.device).clone()
-        if c.uses_dc:
-            pool = load_generic_prompts(c.dc_prompt_file) if c.dc_prompts == 'generic' else None
-            self.reg_prompts = regularization_prompts(c.dc_prompts, self.class_prompt, pool)
-            self.reg_embeds = encode_prompts(base, self.reg_prompts).to(self.device).clone()   # τ_θ0(c), cached for the run
-            if c.dc_latents == 'replay':
-                with acc.main_process_first():
-                    self.replay, self.replay_prompt_idx = replay_latents(
-                        base, pool or self.reg_prompts, c.dc_replay_images, c.class_seed, c.class_sampling_steps,
-                        c.class_guidance_scale, self.base_fingerprint)
-                self.replay = self.replay.to(self.device)
-        # optimizer over the trainable parameters only
+        if not c.uses_dc: return
+        pool = load_generic_prompts(c.dc_prompt_file) if c.dc_prompts == 'generic' else None
+        self.reg_prompts = regularization_prompts(c.dc_prompts, self.class_prompt, pool)
+        self.reg_embeds = encode_prompts(base, self.reg_prompts).to(self.device).clone()   # τ_θ0(c), cached for the run
+        if c.dc_latents == 'replay':
+            with self.accelerator.main_process_first():
+                self.replay, self.replay_prompt_idx = replay_latents(
+                    base, pool or self.reg_prompts, c.dc_replay_images, c.class_seed, c.class_sampling_steps,
+                    c.class_guidance_scale, self.base_fingerprint, resolution=self.resolution)
+            self.replay = self.replay.to(self.device)
+
+    def _frozen_base_unet(self) -> nn.Module:
+        "θ0 in the training dtype on the training device: the caller's UNet itself when it already is (read only, never modified), else a copy."
+        bu = self.base.unet
+        if bu.dtype == self.weight_dtype and bu.device == self.device and not bu.training: return bu
+        return copy.deepcopy(bu).to(self.device, self.weight_dtype).eval().requires_grad_(False)
+
+    def _setup_teacher(self):
+        "DC's frozen teacher θ0: kept for a live teacher; with `dc_teacher_pool` only its cached predictions on a fixed pool are kept."
+        c = self.config
+        self.teacher = self.pool = None
+        if not c.uses_dc: return
+        if c.dc_teacher_pool:
+            with self.accelerator.main_process_first(): self.pool = self._teacher_pool()
+        else: self.teacher = self._frozen_base_unet()
+
+    def _setup_optimizer(self):
+        "AdamW (or 8-bit AdamW) over the trainable parameters only; accelerate wraps the student and the optimizer."
+        c, acc = self.config, self.accelerator
         params = self.method.optimizer_param_groups(self.params)
         opt_kw = dict(lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2), weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
         if c.use_8bit_adam:
@@ -603,8 +772,47 @@ class Trainer:
         else: self.optimizer = torch.optim.AdamW(params, **opt_kw)
         # accelerate: autocast for mixed precision, DDP on several GPUs
         self.unet = acc.prepare(self.student.unet)
-        self.text_encoder = acc.prepare(self.student.text_encoder) if trains_te else self.student.text_encoder
+        self.text_encoder = acc.prepare(self.student.text_encoder) if self.trains_te else self.student.text_encoder
         self.optimizer = acc.prepare(self.optimizer)
+
+    # ---- DC's teacher cache [ours]
+    def _pool_recipe(self) -> dict:
+        "What determines the teacher pool: base model, teacher dtype, C_reg, the Z_reg source and its latents' content, r, pool size, seed."
+        c = self.config
+        src = {'batch': lambda: [self.instance_latents, self.instance_latents_flipped] + (
+                   [self.class_data['latents'], self.class_data['latents_flipped']] if c.uses_prior else []),
+               'prior': lambda: [self.class_data['latents']], 'noise': lambda: [],
+               'replay': lambda: [self.replay, self.replay_prompt_idx]}[c.dc_latents]()
+        h = hashlib.sha256()
+        for x in src: h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
+        return dict(base=self.base_fingerprint, dtype=str(self.weight_dtype), prompts=self.reg_prompts, source=c.dc_latents,
+                    latents=h.hexdigest(), shape=list(self.instance_latents.shape[1:]), r=c.dc_n_reg, n=c.dc_teacher_pool,
+                    seed=c.seed, batch=[c.train_batch_size, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
+
+    def _draw_pool_samples(self) -> tuple[Tensor, Tensor, Tensor]:
+        "(z_t, t, prompt index) of `dc_teacher_pool` samples drawn exactly as live DC draws them, step after step, from a generator of their own."
+        c = self.config
+        g = torch_generator(c.seed + 7919)
+        zs, ts, ids = [], [], []
+        for k in range(math.ceil(c.dc_teacher_pool / c.dc_n_reg)):
+            z0 = self._batch_latents(k, g) if c.dc_latents == 'batch' else self.instance_latents[:1]
+            zt, t, idx = self._regularization_batch(z0, k, g)
+            zs.append(zt); ts.append(t); ids.append(idx)
+        n = c.dc_teacher_pool
+        return torch.cat(zs)[:n], torch.cat(ts)[:n], torch.cat(ids)[:n]
+
+    def _teacher_pool(self) -> TeacherPool:
+        "The cached teacher pool: read (verified) from the cache keyed by `_pool_recipe`, else drawn, run through θ0 once and stored."
+        recipe = self._pool_recipe()
+        path = cache_dir('dc_teacher') / f'{stable_hash(recipe)}.safetensors'; meta_path = path.with_suffix('.json')
+        data = _read_verified(path, _read_meta(meta_path).get('sha256'))
+        if data is None:
+            zt, t, idx = self._draw_pool_samples()
+            pool = teacher_pool(self._frozen_base_unet(), zt.to(self.device), t.to(self.device), idx, self.reg_embeds)
+            check_finite(pool.target, f'teacher UNet (base model {self.base.source})', 'the DC teacher pool')
+            data = pool.tensors()
+            atomic_save_json({**recipe, 'sha256': _write_verified(path, data)}, meta_path)
+        return TeacherPool(**{k: v.to(self.device) for k, v in data.items()})
 
     # ---- one step
     def _embed(self, prompts: list[str]) -> Tensor:
@@ -612,14 +820,28 @@ class Trainer:
         ids = tokenize(self.student.tokenizer, prompts).to(self.device)
         return self.text_encoder(ids)[0]
 
-    def _regularization_batch(self, z0: Tensor):
-        c, g = self.config, self.generator
+    def _batch_latents(self, step: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        "Clean latents of step `step`'s main batch: train_batch_size random instance latents (flipped at random with hflip), then as many class latents in turn with prior preservation."
+        c, bs = self.config, self.config.train_batch_size
+        idx = torch.randint(len(self.instance_latents), (bs,), generator=g)
+        flip = (torch.rand(bs, generator=g) < 0.5) if c.hflip else torch.zeros(bs, dtype=torch.bool)
+        fl, ii = flip.to(self.device)[:, None, None, None], idx.to(self.device)
+        z0 = torch.where(fl, self.instance_latents_flipped[ii], self.instance_latents[ii])
+        if c.uses_prior:
+            n = len(self.class_data['latents'])
+            ci = ((step * bs + torch.arange(bs)) % n).to(self.device)
+            z0 = torch.cat([z0, torch.where(fl, self.class_data['latents_flipped'][ci], self.class_data['latents'][ci])])
+        return z0
+
+    def _regularization_batch(self, z0: Tensor, step: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        "(z_t, t, prompt index) of DC's r regularization samples of step `step` (STUDY §3), drawn from `g`."
+        c = self.config
         r, shape = c.dc_n_reg, tuple(z0.shape[1:])
         pair = None
         if c.dc_latents == 'batch': clean = z0
         elif c.dc_latents == 'prior':
             n = len(self.class_data['latents'])
-            clean = self.class_data['latents'][(self.step * r + torch.arange(r)) % n]
+            clean = self.class_data['latents'][(step * r + torch.arange(r)) % n]
         elif c.dc_latents == 'replay':
             i = torch.randint(len(self.replay), (r,), generator=g)
             clean = self.replay[i.to(self.device)]
@@ -627,25 +849,33 @@ class Trainer:
         else: clean = None
         zt, t = noised_regularization_latents(self.base.scheduler, clean, r, g, shape, pure_noise=c.dc_latents == 'noise')
         idx = pair if pair is not None else torch.randint(len(self.reg_prompts), (r,), generator=g)
-        teacher_embeds = self.reg_embeds[idx.to(self.device)]
-        student_embeds = self._embed([self.reg_prompts[i] for i in idx.tolist()]) if self.text_mode == 'all' else teacher_embeds
-        return zt.to(self.device), t.to(self.device), student_embeds, teacher_embeds
+        return zt.to(self.device), t.to(self.device), idx
+
+    def _dc_samples(self, z0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        "DC's (z_t, t, student embeddings, teacher prediction) for this step: drawn from the teacher pool, or fresh with a live teacher."
+        if self.pool is not None: zr, tr, idx, target = self.pool.draw(self.config.dc_n_reg, self.generator)
+        else:
+            zr, tr, idx = self._regularization_batch(z0, self.step, self.generator)
+            target = self._finite(teacher_prediction(self.teacher, zr, tr, self.reg_embeds[idx.to(self.device)]), 'teacher UNet')
+        sr = self._embed([self.reg_prompts[i] for i in idx.tolist()]) if self.text_mode == 'all' else self.reg_embeds[idx.to(self.device)]
+        return zr, tr, sr, target
+
+    def _finite(self, x: Tensor, model: str) -> Tensor:
+        "`x`, or `NonFiniteLossError` naming the model, the step and the last good checkpoint when it holds NaN or inf."
+        try: return check_finite(x, f'{model} ({self.config.method}/{self.config.variant}, base {self.base.source})',
+                                 f'training step {self.step + 1}')
+        except NonFiniteError as e:
+            raise NonFiniteLossError(f"{e} Training stopped before the update; last good checkpoint: "
+                                     f"{self.latest_checkpoint() or 'none'}.") from None
 
     def train_step(self) -> dict[str, float]:
-        "One optimization step; returns the loss terms. Raises `NonFiniteLossError` before touching the weights if the loss is NaN/inf."
+        "One optimization step; returns the loss terms. Raises `NonFiniteLossError` before touching the weights if a UNet output or the loss is NaN/inf."
         c, g, sched = self.config, self.generator, self.base.scheduler
         bs, T = c.train_batch_size, sched.config.num_train_timesteps
-        idx = torch.randint(len(self.instance_latents), (bs,), generator=g)
-        flip = (torch.rand(bs, generator=g) < 0.5) if c.hflip else torch.zeros(bs, dtype=torch.bool)
-        fl = flip.to(self.device)[:, None, None, None]
-        ii = idx.to(self.device)
-        z0 = torch.where(fl, self.instance_latents_flipped[ii], self.instance_latents[ii])
+        z0 = self._batch_latents(self.step, g)
         emb = self._embed([self.instance_prompt]) if self.text_mode != 'none' else self.instance_embeds
         embs = [emb.expand(bs, -1, -1)]
         if c.uses_prior:
-            n = len(self.class_data['latents'])
-            ci = ((self.step * bs + torch.arange(bs)) % n).to(self.device)
-            z0 = torch.cat([z0, torch.where(fl, self.class_data['latents_flipped'][ci], self.class_data['latents'][ci])])
             cemb = self._embed([self.class_prompt]) if self.text_mode == 'all' else self.class_embeds
             embs.append(cemb.expand(bs, -1, -1))
         b = len(z0)
@@ -654,19 +884,19 @@ class Trainer:
         zt = sched.add_noise(z0, noise, t)
         target = training_target(sched, z0, noise, t)
         fused = c.uses_dc and c.dc_fused
-        if c.uses_dc:
-            zr, tr, sr, tr_emb = self._regularization_batch(z0)
+        if c.uses_dc: zr, tr, sr, dc_target = self._dc_samples(z0)
         if fused: zt, t_all, embs = torch.cat([zt, zr]), torch.cat([t, tr]), embs + [sr]
         else: t_all = t
         pred = self.unet(zt, t_all, encoder_hidden_states=torch.cat(embs)).sample
         if c.uses_dc and not fused: pred = torch.cat([pred, self.unet(zr, tr, encoder_hidden_states=sr).sample])
+        pred = self._finite(pred, 'student UNet')
         terms = {'inst': denoising_loss(pred[:bs], target[:bs], t[:bs], sched, c.snr_gamma)}
         loss = terms['inst']
         if c.uses_prior:
             terms['prior'] = prior_preservation_loss(pred[bs:b], target[bs:b], t[bs:b], sched, c.snr_gamma)
             loss = loss + c.lambda_pr * terms['prior']
         if c.uses_dc:
-            terms['dc'] = drift_correction_loss(None, self.teacher, zr, tr, sr, tr_emb, student_pred=pred[b:])
+            terms['dc'] = drift_correction_loss(None, None, zr, tr, sr, student_pred=pred[b:], teacher_pred=dc_target)
             loss = loss + c.lambda_dc * terms['dc']
         for k, v in self.method.extra_loss_terms(self).items():
             terms[k] = v; loss = loss + v
@@ -674,7 +904,7 @@ class Trainer:
             vals = ', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())
             last = self.latest_checkpoint()
             raise NonFiniteLossError(f"Loss became {loss.item()} at step {self.step + 1} ({vals}); training stopped before "
-                                     f"the update. Last good checkpoint: {last or 'none (set checkpoint_every)'}. "
+                                     f"the update. Last good checkpoint: {last or 'none (checkpoint_every=0)'}. "
                                      "Lower learning_rate, use bf16 instead of fp16, or enable max_grad_norm.")
         warm = min(1.0, (self.step + 1) / c.lr_warmup_steps) if c.lr_warmup_steps else 1.0
         for grp in self.optimizer.param_groups: grp['lr'] = c.learning_rate * warm * grp.get('lr_scale', 1.0)
@@ -705,7 +935,7 @@ class Trainer:
         save_file({k: v.cpu() for k, v in state.items()}, tmp / 'trainable.safetensors')
         rng, meta = _rng_state(self.generator)
         torch.save(dict(optimizer=self.optimizer.state_dict(), **rng), tmp / 'optimizer_rng.pt')
-        atomic_save_json(dict(step=self.step, config_key=self.config.key(), history=self.history, **meta), tmp / 'state.json')
+        atomic_save_json(dict(step=self.step, identity_key=self.identity_key, history=self.history, **meta), tmp / 'state.json')
         shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
         for old in self.checkpoint_dirs()[:-max(1, self.config.keep_checkpoints)]: shutil.rmtree(old)
         return final
@@ -713,8 +943,9 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         "Restore the state saved by `save_checkpoint` (the run continues exactly where it stopped)."
         path = Path(path); meta = load_json(path / 'state.json')
-        if meta['config_key'] != self.config.key():
-            raise ValueError(f"Checkpoint {path} was written by a different configuration; use another out_dir or delete it.")
+        if meta.get('identity_key') != self.identity_key:
+            raise ValueError(f"Checkpoint {path} was written by a different run (other settings, concept images or base model); "
+                             "use another out_dir or delete its checkpoints folder.")
         self.method.load_trained(self.student, load_file(path / 'trainable.safetensors'))
         d = torch.load(path / 'optimizer_rng.pt', weights_only=True)
         self.optimizer.load_state_dict(d['optimizer'])
@@ -731,7 +962,7 @@ class Trainer:
         try:
             with self.accelerator.autocast():
                 imgs = _sample(self.student, self.validation_prompts, [c.seed + i for i in range(len(self.validation_prompts))],
-                               c.validation_steps, c.validation_guidance_scale, 'pt')
+                               c.validation_steps, c.validation_guidance_scale, 'pt', resolution=self.resolution)
         finally: self.student.unet.train()
         path = self.run_dir / 'validation' / f'step_{self.step:06d}.png'; path.parent.mkdir(parents=True, exist_ok=True)
         save_image(imgs, path, nrow=len(imgs))
@@ -749,7 +980,8 @@ class Trainer:
         while self.step < c.max_steps:
             out = self.train_step()
             bar.update(1); bar.set_postfix({k: f'{v:.4f}' for k, v in out.items() if k != 'step'})
-            if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < c.max_steps: self._on_main(self.save_checkpoint)
+            every = c.checkpoint_interval
+            if every and self.step % every == 0 and self.step < c.max_steps: self._on_main(self.save_checkpoint)
             if c.validation_every and self.step % c.validation_every == 0: self._on_main(self.validate)
         bar.close()
         self._on_main(self.save)
@@ -763,15 +995,16 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def save(self) -> Path:
-        "Write trained.safetensors (only the trained parameters), run.json (config, concept, base fingerprint) and history.csv."
+        "Write trained.safetensors (only the trained parameters), run.json (identity, config, the weights' SHA-256) and history.csv."
         state = {k: v.cpu() for k, v in self.method.trained_state(self.student).items()}
         meta = dict(method=self.config.method, base_fingerprint=self.base_fingerprint)
-        with atomic_write(self.run_dir / TRAINED_FILE) as f: f.write(safetensors_bytes(state, metadata=meta))
+        sha = _write_verified(self.run_dir / TRAINED_FILE, state, meta)
         if self.history:
             with atomic_write(self.run_dir / HISTORY_FILE, 'w') as f:
                 keys = ['step', 'loss'] + sorted({k for h in self.history for k in h} - {'step', 'loss'})
                 w = csv.DictWriter(f, keys); w.writeheader(); w.writerows(self.history)
-        info = dict(config=self.config.to_dict(), config_key=self.config.key(), method=self.config.method,
+        info = dict(identity=self.identity, trained_sha256=sha, config=self.config.to_dict(), config_key=self.config.key(),
+                    method=self.config.method,
                     concept={**asdict(self.concept), 'instance_dir': str(self.concept.instance_dir)},
                     base_fingerprint=self.base_fingerprint, base_source=self.base.source, token=self.token,
                     instance_prompt=self.instance_prompt, class_prompt=self.class_prompt, steps=self.step,
@@ -782,29 +1015,54 @@ class Trainer:
 
 # %% ../nbs/05_train.ipynb #08ade898
 def default_run_dir(concept: ConceptSpec, config: TrainConfig, base_fingerprint: str) -> Path:
-    "home_dir()/runs/<concept>-<method>-<variant>-<hash of config, base, concept>."
-    key = stable_hash([config.key(), base_fingerprint, asdict(concept)])
+    "home_dir()/runs/<concept>-<method>-<variant>-<hash of the run's identity (settings, concept images, base, steps)>."
+    key = stable_hash(run_identity(base_fingerprint, concept, config))
     return home_dir() / 'runs' / f'{concept.name}-{config.method}-{config.variant}-{key}'
+
+def _verified_trained(run_dir: Path, info: dict) -> bool:
+    "Is `run_dir`'s trained.safetensors the file run.json recorded (SHA-256)? A damaged one is set aside with a warning."
+    path = run_dir / TRAINED_FILE
+    sha = info.get('trained_sha256')
+    if sha is None:                                       # written before checksums were recorded: a full decode instead
+        try: ok = all(torch.isfinite(v).all() for v in load_file(path).values())
+        except Exception: ok = False
+        if not ok: quarantine(path, 'it cannot be decoded or holds NaN/inf')
+        return ok
+    if file_sha256(path) == sha: return True
+    quarantine(path, f"its SHA-256 does not match the one in {RUN_FILE} (truncated or altered)")
+    return False
+
+def _finished_run(run_dir: Path, identity: dict) -> bool:
+    "True when `run_dir` holds this very run, finished and intact; False when it must (re)train; FileExistsError naming the differing fields when it holds another run."
+    if not ((run_dir / RUN_FILE).exists() and (run_dir / TRAINED_FILE).exists()): return False
+    try: info = load_json(run_dir / RUN_FILE)
+    except (ValueError, UnicodeDecodeError) as e:
+        quarantine(run_dir / RUN_FILE, f'not valid JSON: {e}'); return False
+    diff = identity_diff(info.get('identity', '<no identity: written by an older open_forgetting>'), identity)
+    if diff:
+        raise FileExistsError(f"{run_dir} already holds a different finished run; differing fields (finished run -> this call): "
+                              f"{'; '.join(diff[:8])}. Pass another out_dir or delete the folder.")
+    return _verified_trained(run_dir, info)
 
 def customize(base: Components, concept: ConceptSpec | str | Path, config: TrainConfig | None = None,
               out_dir: str | Path | None = None, resume: bool = True, **overrides) -> Path:
-    "Customize a copy of `base` on `concept` (a ConceptSpec or a DreamBench-named image folder) with `config` (fields overridable by keyword); returns the run folder. Finished runs are reused."
+    "Customize a copy of `base` on `concept` (a ConceptSpec or a DreamBench-named image folder) with `config` (fields overridable by keyword); returns the run folder. Finished runs are reused; `base` is never modified."
     if isinstance(concept, (str, Path)): concept = load_concept(concept)
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     fp = base.fingerprint()
+    identity = run_identity(fp, concept, config)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(concept, config, fp)
-    if (run_dir / RUN_FILE).exists() and (run_dir / TRAINED_FILE).exists():
-        info = load_json(run_dir / RUN_FILE)
-        if info['config_key'] == config.key() and info['base_fingerprint'] == fp and info['steps'] == config.max_steps:
-            return run_dir
-        raise FileExistsError(f"{run_dir} already holds a different finished run (method {info['method']!r}, "
-                              f"{info['steps']} steps); pass another out_dir or delete the folder.")
+    if _finished_run(run_dir, identity): return run_dir
     if not resume and (run_dir / 'checkpoints').exists(): shutil.rmtree(run_dir / 'checkpoints')
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(base, concept, config, run_dir, base_fingerprint=fp).run()
+    out = Trainer(base, concept, config, run_dir, base_fingerprint=fp).run()
+    if base.fingerprint() != fp:
+        raise RuntimeError(f"Training changed the caller's base model ({base.source}: fingerprint {fp} -> {base.fingerprint()}); "
+                           f"the run in {out} was trained from the original. This is a bug in open_forgetting: please report it.")
+    return out
 
 def load_customized(base: Components, run_dir: str | Path, copy_base: bool = True) -> Components:
-    "The customized model of `run_dir`: its trained parameters applied to (a copy of) `base`; refuses a different base model."
+    "The customized model of `run_dir`: its trained parameters (checked against run.json's SHA-256) applied to (a copy of) `base`; refuses a different base model."
     run_dir = Path(run_dir)
     for f in (RUN_FILE, TRAINED_FILE):
         if not (run_dir / f).exists(): raise FileNotFoundError(f"{run_dir / f} is missing: {run_dir} is not a finished run folder.")
@@ -814,18 +1072,18 @@ def load_customized(base: Components, run_dir: str | Path, copy_base: bool = Tru
         raise BaseModelMismatchError(f"{run_dir} was trained from base model {info['base_fingerprint']} "
                                      f"({info.get('base_source')}) but the given base is {fp} ({base.source}). "
                                      "Load the original base model.")
+    if not _verified_trained(run_dir, info):
+        raise DamagedFileError(f"{run_dir / TRAINED_FILE} was damaged and has been set aside; run `customize` again with the "
+                               "same settings to retrain it.")
     config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info['config'].items()})
     cdict = info['concept']
     concept = ConceptSpec(cdict['name'], cdict['class_noun'], cdict['identifier'], None, cdict['kind'])
     method = get_method(config)
-    comps = base
-    if copy_base:
-        te_copy = method.modifies_text_encoder
-        comps = Components(copy.deepcopy(base.unet), base.vae, copy.deepcopy(base.text_encoder) if te_copy else base.text_encoder,
-                           copy.deepcopy(base.tokenizer) if te_copy else base.tokenizer, base.scheduler, base.source)
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        method.prepare(comps, concept)
+    if copy_base: comps = build_student(base, method, concept, config.seed)
+    else:
+        comps = base
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed); method.prepare(comps, concept)
     method.load_trained(comps, load_file(run_dir / TRAINED_FILE))
     method.finalize(comps)
     comps.source = f'{base.source} + {run_dir}'
