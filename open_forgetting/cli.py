@@ -56,7 +56,8 @@ def study_jobs(args, study, experiments: list[str]) -> list:
         for m in methods:
             for v in variants: check_cell(study, None, c, m, v)
     ref = args.study if not Path(args.study).expanduser().is_file() else str(Path(args.study).expanduser().resolve())
-    return plan_jobs(concepts, methods, variants, experiments, parameters={'study': ref, 'overrides': overrides},
+    params = {**parse_overrides(getattr(args, 'param', [])), 'study': ref, 'overrides': overrides}
+    return plan_jobs(concepts, methods, variants, experiments, parameters=params,
                      identity={'study': study.fingerprint()})
 
 def run_command(args) -> int:
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--run-dir', default=None, help="output folder (default: the study's output, else $OPEN_FORGETTING_HOME/runs/<study>)")
     run.add_argument('--shard', default=None, help="i/N: run only shard i of N (1-based; cells stay whole)")
     run.add_argument('--notebooks', default=None, help='folder of experiment notebooks (default: the shipped ones)')
+    run.add_argument('--param', action='append', default=[], metavar='KEY=VALUE', help="a notebook's own parameter (e.g. appearance=false); repeatable")
     run.add_argument('--force', action='store_true', help='recompute notebooks that already finished')
     plan = sub.add_parser('plan', help="print the study's grid, UNet evaluations, disk and estimated time (runs nothing)")
     _study_args(plan)

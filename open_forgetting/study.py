@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_study.ipynb #ca4e1331
 from __future__ import annotations
-import dataclasses, difflib, os
+import copy, dataclasses, difflib, os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -53,6 +53,7 @@ class ClassificationSection(_Section):
     n_per_class: AllOrCount = 16             # images per class unless a dataset says otherwise ('all': the whole split)
     classifier: dict[str, Any] = {}          # ClassifierConfig overrides for every dataset
     seeds: list[NonNegativeInt] = [0]        # the classifier's noise seeds (each pooled as more paired samples)
+    verify_checksums: bool = True            # check dataset files against their published checksums (real datasets)
     datasets: dict[str, DatasetEntry] = {}
 
     @field_validator('classifier')
@@ -171,12 +172,16 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     for p in parents:
         if not isinstance(data.get(p, {}), dict): raise StudyError(f"override {key!r}: {p!r} is not a section, it holds {data[p]!r}.")
         data = data.setdefault(p, {})
-    data[last] = _merge(data[last], value) if isinstance(data.get(last), dict) and isinstance(value, Mapping) else value
+    data[last] = value
 
 def _merge(base: dict, overrides: Mapping) -> dict:
-    "A copy of `base` with `overrides` applied (nested mappings merge; dotted keys address nested keys)."
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for k, v in overrides.items(): _set_dotted(out, str(k), v)
+    "A copy of `base` with `overrides` applied: a dotted key sets exactly that key; a nested mapping merges into its section."
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        k = str(k)
+        if '.' in k: _set_dotted(out, k, v)
+        elif isinstance(v, Mapping) and isinstance(out.get(k), dict): out[k] = _merge(out[k], v)
+        else: out[k] = v
     return out
 
 def _explain(e: ValidationError, source: str) -> StudyError:

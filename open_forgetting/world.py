@@ -229,7 +229,8 @@ class StableDiffusionWorld(World):
         from open_forgetting.data import load_classification_dataset
         root = Path(study.classification.root).expanduser() / name
         ds = load_classification_dataset(name, root, 'test', n_per_class=self._n_per_class(study, name),
-                                         seed=study.classification.datasets[name].subset_seed)
+                                         seed=study.classification.datasets[name].subset_seed,
+                                         verify_checksums=study.classification.verify_checksums)
         return ds, self.classification_prompts(study, name)
     def n_images(self, study, name):
         n, size = self._n_per_class(study, name), TEST_SPLIT_SIZES[name]

@@ -1,32 +1,33 @@
-"""The embedded world's central claim at CI size (issue 7): with the `miniworld` preset's recipe, DreamBooth moves the
+"""The embedded world's central claim at CI size (issue 7): with the `miniworld` study's recipe, DreamBooth moves the
 zero-shot classifier's evidence on the world's shapes, and Drift Correction keeps most of it while still learning the
 concept (binding and fidelity).
 
 Accuracy on a few dozen images is too noisy to decide this in CI (one noise seed moves it by ±10 points), so the
 test compares `classifier.score_drift`: the paired, class-relative change of every prompt's score. The full
-accuracy checks at 256 images and 3 seeds are the demo's (`open-forgetting demo --preset miniworld-full`)."""
+accuracy checks at 256 images and 3 seeds are the demo's (`open-forgetting demo`)."""
 import pytest
 
 from open_forgetting.classifier import ClassifierConfig, classify, score_drift
 from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
-from open_forgetting.study import concept_fidelity, concept_identification, get_preset, load_study_model, study_concept
+from open_forgetting.study import concept_fidelity, load_study, load_study_model, study_concept
+from open_forgetting.world import concept_identification
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    "Base, DB and DB-DC of the `miniworld` preset on the heart emblem, trained with its recipe (seed 0), and the instance prompt."
+    "Base, DB and DB-DC of the `miniworld` study on the heart emblem, trained with its recipe (seed 0), and the instance prompt."
     root = tmp_path_factory.mktemp('mw_drift')
-    preset = get_preset('miniworld')
-    models = {label: load_study_model(preset, root, 'heart_emblem', method, variant)
+    study = load_study('miniworld')
+    models = {label: load_study_model(study, root, 'heart_emblem', method, variant)
               for label, method, variant in (('base', 'base', 'plain'), ('DB', 'dreambooth', 'plain'), ('DB-DC', 'dreambooth', 'dc'))}
-    concept = study_concept(preset, 'heart_emblem', root)
-    instance_prompt = preset.train['instance_template'].format(token=concept.identifier, class_noun=concept.class_noun)
-    return preset, models, concept, instance_prompt, root
+    concept = study_concept(study, 'heart_emblem', root)
+    instance_prompt = study.training.settings['instance_template'].format(token=concept.identifier, class_noun=concept.class_noun)
+    return study, models, concept, instance_prompt, root
 
 
 def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
-    preset, models, *_ = trained
-    assert preset.lambda_dc is not None and preset.lambda_dc > 0
+    study, models, *_ = trained
+    assert study.drift_correction.lambda_dc is not None and study.drift_correction.lambda_dc > 0
     data, prompts = miniworld_dataset('shape', 'test', n_per_class=8), miniworld_prompts('shape')
     config = ClassifierConfig(to_keep=(1,), n_samples=(10,))          # one stage: every prompt scored at 10 timesteps
     results = {name: classify(m, data, prompts, config, seed=0, cache=False, progress=False) for name, m in models.items()}
@@ -44,9 +45,9 @@ def test_drift_correction_binds_the_concept_to_its_identifier(trained):
 
 
 def test_drift_correction_keeps_the_concepts_fidelity(trained):
-    "Issue 7's check, as the demo computes it: MiniClip CLIP-I of the preset's 16 seeds of the instance prompt vs the five instance images; DB-DC within 10% of DB."
-    preset, models, concept, instance_prompt, root = trained
-    fid = concept_fidelity({k: models[k] for k in ('DB', 'DB-DC')}, concept.instance_dir, instance_prompt, preset.seeds,
-                           preset.generation_settings(), load_miniworld_clip(), root=root / 'images')[0]
+    "Issue 7's check, as the demo computes it: MiniClip CLIP-I of the study's 16 seeds of the instance prompt vs the five instance images; DB-DC within 10% of DB."
+    study, models, concept, instance_prompt, root = trained
+    fid = concept_fidelity({k: models[k] for k in ('DB', 'DB-DC')}, concept.instance_dir, instance_prompt, study.seeds.paired,
+                           study.generation_settings(), load_miniworld_clip(), root=root / 'images')[0]
     clip_i = fid.set_index('model').clip_i
     assert clip_i['DB-DC'] >= 0.9 * clip_i['DB'], clip_i.to_dict()

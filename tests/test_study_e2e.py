@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not (repo_root() / 'data' / 'miniworld' / 'base'
 
 def test_runner_end_to_end_and_report(tmp_path):
     run = tmp_path / 'run'
-    cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--concepts', 'heart_emblem,arrow_emblem',
+    cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', 'smoke', '--concepts', 'heart_emblem,arrow_emblem',
            '--methods', 'dreambooth', '--variants', 'plain,dc', '--experiments', 'global_drift', '--run-dir', str(run),
-           '--param', 'preset=smoke', '--param', 'appearance=false']
+           '--param', 'appearance=false']
     subprocess.run(cmd, check=True, capture_output=True)
     status = pd.read_csv(run / 'jobs.csv')
     assert (status.status == 'done').all() and len(status) == 8
