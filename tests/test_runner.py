@@ -63,8 +63,10 @@ def test_unknown_parameter_is_refused_before_running(notebooks, tmp_path):
 
 def test_rerun_after_kill_skips_finished_notebooks(notebooks, tmp_path):
     run = tmp_path / 'run'; run.mkdir(); (run / 'SLOW').write_text('')
-    cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--concepts', 'a,b', '--variants', 'plain',
-           '--experiments', 'color', '--run-dir', str(run), '--notebooks', str(notebooks)]
+    # the runner in its own process (the CLI wraps the same call with a study's grid)
+    cmd = [sys.executable, '-c', "import sys; from open_forgetting.runner import plan_jobs, run_jobs; "
+           "run_jobs(plan_jobs(['a', 'b'], ['dreambooth'], ['plain'], ['color']), sys.argv[1], sys.argv[2], progress=False)",
+           str(run), str(notebooks)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     target = run / 'b/dreambooth-plain/customize/_SUCCESS.json'
     deadline = time.time() + 180
@@ -74,6 +76,10 @@ def test_rerun_after_kill_skips_finished_notebooks(notebooks, tmp_path):
     assert target.exists(), 'the runner did not reach the second concept in time'
     first = _executions(run)
     assert first == ['a/__main__/customize', 'a/__main__/color', 'b/__main__/customize', 'b/__main__/color']
+    from open_forgetting.runner import run_status
+    assert run_status(run).set_index('key').status.to_dict() == {   # the killed runner's job is seen as interrupted
+        'a/dreambooth-plain/customize': 'done', 'a/dreambooth-plain/color': 'done',
+        'b/dreambooth-plain/customize': 'done', 'b/dreambooth-plain/color': 'interrupted'}
     (run / 'SLOW').unlink()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _executions(run) == first + ['b/__main__/color'], 'finished notebooks must not be recomputed'
@@ -89,11 +95,11 @@ def test_shards_cover_the_grid_once(notebooks, tmp_path):
 
 
 def test_every_experiment_notebook_declares_the_runner_parameters():
-    "papermill silently skips parameter lines it cannot parse (e.g. quotes in comments); the runner needs these."
+    "papermill silently skips parameter lines it cannot parse (e.g. quotes in comments); the runner and the CLI need these."
     from open_forgetting.runner import experiments_dir, notebook_parameters, MEASUREMENTS
     for name in ('customize', *MEASUREMENTS):
         declared = set(notebook_parameters(experiments_dir() / f'{name}.ipynb'))
-        assert {'concept', 'method', 'variant', 'run_dir', 'out_dir', 'preset'} <= declared, (name, declared)
+        assert {'concept', 'method', 'variant', 'run_dir', 'out_dir', 'study', 'overrides'} <= declared, (name, declared)
     assert {'run_dir', 'figures_dir'} <= set(notebook_parameters(experiments_dir() / 'report.ipynb'))
 
 
