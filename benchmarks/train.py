@@ -1,8 +1,9 @@
-"""Step time and peak memory of X vs X-DC (and X-DC\\pr) for every customization method.
+"""Step time and peak memory of X vs X-DC with a live teacher vs X-DC with the cached teacher (and X-DC\\pr) for every method.
 
 Drift Correction costs, per regularization sample, one student forward + backward (~3 forward units) and one
 teacher forward (1 unit), so for b main-batch samples (instance + class images) and r regularization samples the
-ideal X-DC / X step-time ratio is 1 + 4r / (3b); for X-DC\\pr (no class images, b' = b/2 samples) the ideal ratio
+ideal X-DC / X step-time ratio is 1 + 4r / (3b); with the teacher cache (`dc_teacher_pool`, the variant `dc_cached`
+here) the teacher's forward is gone and the ideal is 1 + r / b; for X-DC\\pr (no class images, b' = b/2 samples) the ideal ratio
 to X is (3b' + 4r) / (3b). The measured ratio must lie within 10% of the ideal (no wasted work: prompts encoded once,
 teacher without gradient and in the training dtype). The default r = 1 with the methods' usual batch (one instance
 and one class image) gives 1 + 4/6 = 1.67 <= 2.
@@ -10,6 +11,12 @@ and one class image) gives 1 + 4/6 = 1.67 <= 2.
     python benchmarks/train.py                 # CPU, tiny model (what `make bench` runs)
     python benchmarks/train.py --gpu           # CUDA, an SD-1.5-sized UNet/VAE/text encoder built from their configs (random weights)
     python benchmarks/train.py --methods lora --steps 20 --sample-size 32
+    python benchmarks/train.py --methods dreambooth lora --variants plain dc dc_cached --runs 5   # the teacher-cache comparison
+
+Timing: the variants of a method take turns (round-robin, the order rotated every run) for `--runs` runs of `--steps`
+steps each; a run's figure is its mean step time, and the table gives the median, min and max over runs, with the
+ratio of medians to the plain variant. The thread count and the machine's load average (before and after) are
+printed: a figure taken under load is no measurement.
 
 Peak memory: growth of `torch.cuda.max_memory_allocated` (CUDA) or of the process's peak resident set size (CPU,
 Linux VmHWM, reset before each build) while a variant is set up and runs its warm-up steps: its copy of the model,
@@ -17,7 +24,7 @@ optimizer state and transient activations. Step times are medians; on CPU the va
 (round-robin) so that load from other processes affects them alike.
 """
 from __future__ import annotations
-import argparse, ctypes, gc, re, statistics, sys, tempfile, time
+import argparse, ctypes, gc, os, re, statistics, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +84,8 @@ def build(base, concept, method, variant, args, prompt_file, workdir):
               dc_prompt_file=prompt_file, mixed_precision=args.mixed_precision,
               gradient_checkpointing=args.gradient_checkpointing, device=args.device)
     if args.batch is not None: kw['train_batch_size'] = args.batch
-    cfg = variant_config(method, variant, **kw)
+    if variant == 'dc_cached': kw['dc_teacher_pool'] = args.pool
+    cfg = variant_config(method, 'dc' if variant == 'dc_cached' else variant, **kw)
     start = _reset_peak(args.device)
     tr = Trainer(base, concept, cfg, workdir / f'{method}-{variant}', base_fingerprint=args.fingerprint)
     encodes = []
@@ -87,20 +95,22 @@ def build(base, concept, method, variant, args, prompt_file, workdir):
     for h in hooks: h.remove()
     row = dict(method=method, variant=variant, peak_mib=_peak(args.device, start),
                b=cfg.train_batch_size * (2 if cfg.uses_prior else 1), r=cfg.dc_n_reg if cfg.uses_dc else 0,
-               text_encodes_per_step=len(encodes) / max(1, args.warmup))
+               text_encodes_per_step=len(encodes) / max(1, args.warmup), cached=cfg.uses_dc and cfg.dc_teacher_pool > 0)
     if tr.teacher is not None:
         row.update(teacher_dtype=str(next(tr.teacher.parameters()).dtype).replace('torch.', ''),
                    teacher_grad=any(p.requires_grad for p in tr.teacher.parameters()))
     return tr, row
 
-def time_steps(trainers: dict, args) -> dict[str, float]:
-    "Median step time (s) of each trainer; steps are interleaved round-robin so load changes hit every variant alike."
+def time_steps(trainers: dict, args) -> dict[str, list[float]]:
+    "Mean step time (s) of each trainer in each of `args.runs` runs of `args.steps` steps; the trainers take turns, the order rotated every run."
     sync = torch.cuda.synchronize if args.device == 'cuda' else (lambda: None)
-    times = {k: [] for k in trainers}
-    for _ in range(args.steps):
-        for k, tr in trainers.items():
-            sync(); t0 = time.perf_counter(); tr.train_step(); sync(); times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    times, keys = {k: [] for k in trainers}, list(trainers)
+    for run in range(args.runs):
+        for k in keys[run % len(keys):] + keys[:run % len(keys)]:
+            sync(); t0 = time.perf_counter()
+            for _ in range(args.steps): trainers[k].train_step()
+            sync(); times[k].append((time.perf_counter() - t0) / args.steps)
+    return times
 
 def measure_method(base, concept, method, args, prompt_file, workdir) -> dict[str, dict]:
     "Rows of every variant of `method`: built one after the other (memory), timed interleaved (CPU) or one by one (--sequential)."
@@ -108,24 +118,28 @@ def measure_method(base, concept, method, args, prompt_file, workdir) -> dict[st
     for v in args.variants:
         tr, rows[v] = build(base, concept, method, v, args, prompt_file, workdir)
         if args.sequential:
-            rows[v]['step_s'] = time_steps({v: tr}, args)[v]; del tr; gc.collect()
+            rows[v]['runs_s'] = time_steps({v: tr}, args)[v]; del tr; gc.collect()
         else: trainers[v] = tr
     if trainers:
-        for v, t in time_steps(trainers, args).items(): rows[v]['step_s'] = t
+        for v, t in time_steps(trainers, args).items(): rows[v]['runs_s'] = t
+    for row in rows.values(): row['step_s'] = statistics.median(row['runs_s'])
     return rows
 
 
 def ideal_ratio(row, plain):
-    "Cost model in forward units: 3 per student sample (fwd + bwd), 1 per teacher sample."
-    return (3 * row['b'] + 4 * row['r']) / (3 * plain['b'])
+    "Cost model in forward units: 3 per student sample (fwd + bwd), 1 per teacher sample (0 with the teacher cache)."
+    return (3 * row['b'] + (3 if row.get('cached') else 4) * row['r']) / (3 * plain['b'])
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--gpu', action='store_true', help='CUDA with an SD-1.5-sized model (bf16 mixed precision)')
     ap.add_argument('--methods', nargs='+', default=['dreambooth', 'custom_diffusion', 'lora'])
-    ap.add_argument('--variants', nargs='+', default=['plain', 'dc', 'dc_pr'])
-    ap.add_argument('--steps', type=int, default=10, help='timed steps per run (median reported)')
+    ap.add_argument('--variants', nargs='+', default=['plain', 'dc', 'dc_cached', 'dc_pr'],
+                    help="'plain', 'dc' (live teacher), 'dc_cached' (X-DC with the teacher cache), 'dc_pr'")
+    ap.add_argument('--steps', type=int, default=10, help='timed steps per run (a run reports their mean)')
+    ap.add_argument('--runs', type=int, default=3, help='timed runs per variant, taking turns (median, min and max reported)')
+    ap.add_argument('--pool', type=int, default=256, help="teacher pool size of the 'dc_cached' variant")
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--batch', type=int, default=None, help="instance images per step (default: the method's usual batch; class images add as many)")
     ap.add_argument('--n-reg', type=int, default=1, help='r, DC regularization samples per step')
@@ -139,6 +153,7 @@ def main(argv=None):
     args.mixed_precision = 'bf16' if args.gpu else 'no'
     args.sequential = args.sequential or args.gpu
     if args.gpu and not torch.cuda.is_available(): sys.exit('--gpu needs CUDA.')
+    if args.runs < 3: print(f'warning: --runs {args.runs} < 3: min/median/max of fewer than three runs say little')
     if not args.gpu: torch.set_num_threads(args.threads)
 
     base = sd15_components() if args.gpu else tiny_components(sample_size=args.sample_size)
@@ -153,10 +168,12 @@ def main(argv=None):
     prompt_file.write_text('\n'.join(load_generic_prompts()) + '\n')
 
     print(f"device={args.device} model={base.source} resolution={base.resolution} mixed_precision={args.mixed_precision} "
-          f"threads={torch.get_num_threads()} batch={args.batch or 'method default'} r={args.n_reg} timed_steps={args.steps}")
+          f"threads={torch.get_num_threads()} batch={args.batch or 'method default'} r={args.n_reg} runs={args.runs} x "
+          f"steps={args.steps} pool={args.pool} load_average_before={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     # warm-up run: class images are generated once here (cached), so no measured run pays for them
     build(base, concept, args.methods[0], 'plain', args, str(prompt_file), workdir / 'warmup')
-    header = f"{'method':<17}{'variant':<8}{'b':>3}{'r':>3}{'step ms':>10}{'peak MiB':>10}{'ratio':>8}{'ideal':>8}{'dev':>8}  checks"
+    header = (f"{'method':<17}{'variant':<10}{'b':>3}{'r':>3}{'median ms':>10}{'min':>8}{'max':>8}{'peak MiB':>10}{'ratio':>8}"
+              f"{'ideal':>8}{'dev':>8}  checks")
     print(header); print('-' * len(header))
     failures = []
     for method in args.methods:
@@ -167,13 +184,15 @@ def main(argv=None):
             if plain is not None:
                 ratio, ideal = row['step_s'] / plain['step_s'], ideal_ratio(row, plain)
                 dev = ratio / ideal - 1
-                if v == 'dc' and abs(dev) > TOLERANCE: failures.append(f'{method}/{v}: {ratio:.2f} vs ideal {ideal:.2f}')
+                if v in ('dc', 'dc_cached') and abs(dev) > TOLERANCE: failures.append(f'{method}/{v}: {ratio:.2f} vs ideal {ideal:.2f}')
             checks = {k: row[k] for k in ('text_encodes_per_step', 'teacher_dtype', 'teacher_grad') if k in row}
             fmt = lambda x, f: format(x, f) if x is not None else '-'
-            print(f"{method:<17}{v:<8}{row['b']:>3}{row['r']:>3}{row['step_s'] * 1e3:>10.1f}{row['peak_mib']:>10.1f}"
+            print(f"{method:<17}{v:<10}{row['b']:>3}{row['r']:>3}{row['step_s'] * 1e3:>10.1f}{min(row['runs_s']) * 1e3:>8.1f}"
+                  f"{max(row['runs_s']) * 1e3:>8.1f}{row['peak_mib']:>10.1f}"
                   f"{fmt(ratio, '.2f'):>8}{fmt(ideal, '.2f'):>8}{fmt(dev, '+.0%'):>8}  {checks}")
-    print(f"\nratio = step time / step time of the plain variant; ideal = (3b + 4r) / (3 b_plain); tolerance ±{TOLERANCE:.0%} "
-          "for X-DC vs X (same main batch). X-DC\\pr rows are informational: its main batch is half as large, so costs that do "
+    print(f"\nload_average_after={' '.join(f'{x:.2f}' for x in os.getloadavg())} threads={torch.get_num_threads()}")
+    print(f"ratio = median step time / median step time of the plain variant; ideal = (3b + 4r) / (3 b_plain) with a live "
+          f"teacher, (3b + 3r) / (3 b_plain) with the teacher cache; tolerance ±{TOLERANCE:.0%} for X-DC vs X (same main batch). X-DC\\pr rows are informational: its main batch is half as large, so costs that do "
           "not scale with b (Custom Diffusion re-encodes its instance prompt every step, per-call overheads) push it above the ideal.")
     print('text_encodes_per_step counts text-encoder forwards per training step (0 when the text encoder is frozen;'
           ' Custom Diffusion re-encodes its one instance prompt, whose <new1> row trains).')
