@@ -35,6 +35,7 @@ class Job:
     parameters: dict = field(default_factory=dict)
     depends_on: str | None = None  # key of the job that must succeed first
     identity: dict = field(default_factory=dict)  # what else changes the result (e.g. the study file's content hash)
+    unkeyed: tuple = ()  # parameters left out of the marker's key: locators whose content `identity` covers (e.g. a study file's path)
 
     def __post_init__(self):
         "The names become folders under `run_dir`: refuse separators, `..` and absolute paths before anything is written."
@@ -52,15 +53,15 @@ class Job:
 
 def plan_jobs(concepts: Sequence[str], methods: Sequence[str], variants: Sequence[str],
               experiments: Sequence[str] = MEASUREMENTS, parameters: dict | None = None,
-              identity: dict | None = None) -> list[Job]:
-    "The study grid as an ordered job list: each cell's `customize` job, then its measurement jobs; `identity` keys every job's marker."
+              identity: dict | None = None, unkeyed: Sequence[str] = ()) -> list[Job]:
+    "The study grid as an ordered job list: each cell's `customize` job, then its measurement jobs; `identity` keys every job's marker, `unkeyed` parameters do not."
     if not concepts or not methods or not variants: raise ValueError("concepts, methods and variants must each be non-empty.")
     jobs = []
     for concept in concepts:
         for method in methods:
             for variant in variants:
                 kw = dict(concept=concept, method=method, variant=variant, parameters=dict(parameters or {}),
-                          identity=dict(identity or {}))
+                          identity=dict(identity or {}), unkeyed=tuple(unkeyed))
                 train = Job('customize', **kw); jobs.append(train)
                 jobs += [Job(e, **kw, depends_on=train.key) for e in experiments if e != 'customize']
     return jobs
@@ -112,15 +113,15 @@ def notebook_hash(path: str | Path) -> str:
     return stable_hash([''.join(c['source']) if isinstance(c['source'], list) else c['source']
                         for c in cells if c.get('cell_type') == 'code'], 32)
 
-def portable_parameters(params: dict, run_dir: str | Path) -> dict:
-    "The parameters without `run_dir`/`out_dir`, and paths inside the run folder as `$RUN_DIR/...` [ours]."
+def portable_parameters(params: dict, run_dir: str | Path, drop: Sequence[str] = ()) -> dict:
+    "The parameters without `run_dir`/`out_dir` (and `drop`), paths inside the run folder as `$RUN_DIR/...` [ours]."
     root = str(Path(run_dir).resolve())
     def rel(v): return '$RUN_DIR' + v[len(root):] if isinstance(v, str) and (v == root or v.startswith(root + os.sep)) else v
-    return {k: rel(v) for k, v in params.items() if k not in _PATH_PARAMETERS}
+    return {k: rel(v) for k, v in params.items() if k not in (*_PATH_PARAMETERS, *drop)}
 
 def marker_record(job: Job, run_dir: str | Path, params: dict, notebook: str | Path) -> dict:
     "What a finished job's marker is keyed by: its key, portable parameters, notebook content and identity."
-    return _jsonable({'key': job.key, 'parameters': portable_parameters(params, run_dir),
+    return _jsonable({'key': job.key, 'parameters': portable_parameters(params, run_dir, job.unkeyed),
                       'notebook': notebook_hash(notebook), 'identity': dict(job.identity)})
 
 def _checksum(marker: dict) -> str: return stable_hash({k: v for k, v in marker.items() if k != 'checksum'}, 32)

@@ -152,3 +152,17 @@ def test_status_lists_every_job_with_the_last_error_line(notebooks, tmp_path):
     text = format_status(run_status(run))
     assert text.splitlines()[0] == '4 jobs: 1 failed, 1 blocked, 1 pending, 1 done' and 'the last line' in text
     assert sorted(str(p) for p in run.rglob('*')) == before, 'reading the status must not change the run folder'
+
+
+def test_an_unkeyed_locator_can_move_when_identity_covers_its_content(notebooks, tmp_path):
+    "A study file moved elsewhere (same content hash in identity) reuses finished jobs; other content reruns them."
+    for nb in ('customize', 'color'):
+        _notebook(notebooks / f'{nb}.ipynb', "print('x')")
+        text = (notebooks / f'{nb}.ipynb').read_text().replace("scale = 1.0", "scale = 1.0\\nstudy = ''")
+        (notebooks / f'{nb}.ipynb').write_text(text)
+    run, fake = tmp_path / 'run', FakeExecutor()
+    def jobs(path, digest): return plan_jobs(['a'], ['dreambooth'], ['dc'], ['color'], parameters={'study': path},
+                                             identity={'study': digest}, unkeyed=['study'])
+    run_jobs(jobs('/home/me/s.yaml', 'h1'), run, notebooks, execute=fake, progress=False)
+    assert set(run_jobs(jobs('/elsewhere/s.yaml', 'h1'), run, notebooks, execute=fake, progress=False).status) == {'skipped (done)'}
+    assert set(run_jobs(jobs('/elsewhere/s.yaml', 'h2'), run, notebooks, execute=fake, progress=False).status) == {'done'}
