@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_classifier.ipynb #8b69e330
 from __future__ import annotations
-import contextlib, os, time
+import contextlib, hashlib, os, time, warnings
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -17,18 +17,18 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from .core import (atomic_save_json, atomic_write, cache_dir, get_device, get_dtype, load_json,
-                                  stable_hash, torch_generator)
+from .core import (DamagedFileError, NonFiniteError, atomic_save_json, atomic_write, cache_dir, check_finite,
+                                  get_device, get_dtype, load_json, quarantine, stable_hash, torch_generator)
 from .models import Components, encode_images, encode_prompts
 from .data import (ClassificationDataset, as_classification_dataset, load_prompts, validate_prompts,
                                   class_names)
 
 # %% auto #0
 __all__ = ['LOSSES', 'SCHEDULES', 'ClassifierConfig', 'schedule_for', 'timestep_grid', 'stage_timesteps', 'evaluations_per_image',
-           'paired_noise', 'ImageResult', 'classify_latents', 'classify_latent', 'image_group_size', 'preprocess_image',
-           'merge_shards', 'run_key', 'classify', 'classify_models', 'accuracy', 'per_class_accuracy',
-           'confusion_matrix', 'drift_report', 'table1', 'score_drift', 'class_scores', 'predict_proba',
-           'fit_temperature']
+           'paired_noise', 'prefix_modules', 'PrefixSharing', 'ImageResult', 'classify_latents', 'classify_latent',
+           'image_group_size', 'auto_batch_size', 'preprocess_image', 'CompiledOrEager', 'merge_shards', 'run_key',
+           'classify', 'classify_models', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'drift_report',
+           'table1', 'score_drift', 'class_scores', 'predict_proba', 'fit_temperature']
 
 # %% ../nbs/03_classifier.ipynb #574c6771
 LOSSES = ('l1', 'l2', 'huber')
@@ -39,16 +39,20 @@ class ClassifierConfig:
     to_keep: tuple[int, ...] = (5, 1)          # prompts kept after each stage (the last keeps 1)
     n_samples: tuple[int, ...] = (50, 500)     # timesteps each stage covers (nested subsets of one grid)
     loss: str = 'l1'                           # 'l1', 'l2' or 'huber' between prediction and target, mean over C,H,W
-    batch_size: int = 256                      # most UNet samples per call (the memory budget)
+    batch_size: int | None = None              # most UNet samples per call; None: measured per device and model (`auto_batch_size`)
     images_per_batch: int | None = None        # images classified together (their samples share UNet calls); None: `image_group_size`
     resolution: int | None = None              # image size fed to the VAE; None: the model's native resolution
     interpolation: str = 'bicubic'             # resize of the short side before the centre crop
     dtype: str | None = None                   # compute dtype of the UNet: None = fp32 on CPU, bf16/fp16 autocast on GPU
     device: str | None = None                  # None: where the UNet is
-    compile: bool = False                      # torch.compile the UNet (worth it for long runs on GPU)
+    compile: bool = False                      # torch.compile the UNet (eager with a warning when compiling fails)
+    share_prefix: bool = True                  # run the UNet's prompt-independent first layers once per (image, timestep) [ours]
+    channels_last: bool = False                # channels-last memory format for the UNet and its inputs
 
     def __post_init__(self):
-        self.to_keep, self.n_samples = tuple(int(k) for k in self.to_keep), tuple(int(n) for n in self.n_samples)
+        try: self.to_keep, self.n_samples = tuple(int(k) for k in self.to_keep), tuple(int(n) for n in self.n_samples)
+        except (TypeError, ValueError):
+            raise ValueError(f"to_keep and n_samples must be sequences of integers, got to_keep={self.to_keep!r}, n_samples={self.n_samples!r}.") from None
         if len(self.to_keep) != len(self.n_samples) or not self.to_keep:
             raise ValueError(f"to_keep {self.to_keep} and n_samples {self.n_samples} need the same, non-zero length (one per stage).")
         if self.to_keep[-1] != 1: raise ValueError(f"the last stage must keep 1 prompt (the prediction), got to_keep={self.to_keep}.")
@@ -56,13 +60,14 @@ class ClassifierConfig:
             raise ValueError(f"to_keep must be positive and non-increasing, got {self.to_keep}.")
         if min(self.n_samples) < 1: raise ValueError(f"n_samples must be positive, got {self.n_samples}.")
         if self.loss not in LOSSES: raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
-        if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or None (measured per device), got {self.batch_size!r}.")
         if self.images_per_batch is not None and self.images_per_batch < 1:
             raise ValueError(f"images_per_batch must be >= 1 or None, got {self.images_per_batch}.")
         if self.interpolation not in _INTERPOLATIONS: raise ValueError(f"interpolation must be one of {list(_INTERPOLATIONS)}.")
 
     def result_key(self) -> dict:
-        "The settings that change the classifier's numbers (cache key); batch size, images per batch, device and compile do not."
+        "The settings that change the classifier's numbers (cache key); batch size, images per batch, device and the speed options do not."
         return dict(to_keep=self.to_keep, n_samples=self.n_samples, loss=self.loss, resolution=self.resolution,
                     interpolation=self.interpolation, dtype=self.dtype)
 
@@ -113,6 +118,59 @@ def paired_noise(seed: int, image_id: int, n: int, shape: Sequence[int]) -> torc
     g = torch_generator(int(stable_hash(['classifier-noise-v1', int(seed), int(image_id)]), 16) % 2**63)
     return torch.randn((n, *shape), generator=g)
 
+# %% ../nbs/03_classifier.ipynb #a121f202
+def prefix_modules(unet) -> list[torch.nn.Module]:
+    "The prompt-independent modules of a diffusers `UNet2DConditionModel` in forward order, up to the first cross-attention [ours]."
+    cfg = getattr(unet, 'config', None)
+    if cfg is None or not all(hasattr(unet, a) for a in ('conv_in', 'time_embedding', 'down_blocks')): return []
+    if any(getattr(cfg, a, None) is not None for a in ('class_embed_type', 'addition_embed_type', 'encoder_hid_dim_type')):
+        return []                                        # extra embeddings may read the prompt: share nothing
+    mods = [unet.time_embedding, unet.conv_in]
+    for block in unet.down_blocks:
+        if not getattr(block, 'attentions', None):
+            mods.append(block); continue                 # a block without attention (DownBlock2D) reads no prompt
+        mods.append(block.resnets[0])                    # CrossAttnDownBlock2D: resnet, then its transformer
+        att = block.attentions[0]
+        if not all(hasattr(att, a) for a in ('norm', 'proj_in', 'transformer_blocks')): return mods
+        mods += [att.norm, att.proj_in]
+        tb = att.transformer_blocks[0]
+        if getattr(tb, 'norm_type', None) == 'layer_norm' and not tb.only_cross_attention and tb.pos_embed is None:
+            mods += [tb.norm1, tb.attn1]                 # self-attention: the last step before the first cross-attention
+        return mods
+    return mods
+
+class PrefixSharing:
+    "Context manager: while `groups(ids)` is set, each prefix module runs on one row per group and copies its output to the group [ours]."
+    def __init__(self, unet, on: bool = True):
+        self.modules, self.reps, self.inverse = prefix_modules(unet) if on else [], None, None
+    def groups(self, ids: torch.Tensor | None):
+        "Rows with equal consecutive `ids` are copies below the first cross-attention (same x_t and t); None: no sharing."
+        if ids is None or not self.modules: self.reps = self.inverse = None; return
+        _, self.inverse, counts = torch.unique_consecutive(ids, return_inverse=True, return_counts=True)
+        self.reps = torch.cumsum(counts, 0) - counts
+        if len(self.reps) == len(ids): self.reps = self.inverse = None          # nothing repeats
+    def _wrap(self, forward):
+        def shared(*args, **kwargs):
+            if self.reps is None: return forward(*args, **kwargs)
+            B = len(self.inverse)
+            pick = lambda a: a[self.reps] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == B else a
+            return _expand(forward(*map(pick, args), **{k: pick(v) for k, v in kwargs.items()}), self.inverse)
+        return shared
+    def __enter__(self):
+        self._saved = [m.__dict__.get('forward') for m in self.modules]      # a forward patched by someone else, if any
+        for m in self.modules: m.forward = self._wrap(m.forward)            # an instance attribute: weights untouched
+        return self
+    def __exit__(self, *exc):
+        for m, f in zip(self.modules, self._saved):
+            if f is None: del m.forward                                       # back to the class's forward
+            else: m.forward = f
+        self.reps = self.inverse = None
+
+def _expand(out, inverse):
+    if isinstance(out, torch.Tensor): return out[inverse]
+    if isinstance(out, tuple): return tuple(_expand(o, inverse) for o in out)
+    return out
+
 # %% ../nbs/03_classifier.ipynb #91bf3656
 @dataclass
 class ImageResult:
@@ -135,21 +193,43 @@ def _loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     fn = dict(l1=F.l1_loss, l2=F.mse_loss, huber=F.huber_loss)[kind]
     return fn(target, pred, reduction='none').mean(dim=(1, 2, 3))
 
-@torch.inference_mode()
-def classify_latents(unet: Callable, latents: torch.Tensor, text_embeddings: torch.Tensor, noises: torch.Tensor,
-                     alphas_cumprod: torch.Tensor, config: ClassifierConfig, prediction_type: str = 'epsilon',
-                     autocast: Callable = contextlib.nullcontext) -> list[ImageResult]:
-    "Li et al.'s staged zero-shot classification of N latents `(N,C,h,w)` at once, noise `(N,n_eval,C,h,w)`, against `text_embeddings` `(P,L,D)` (STUDY §2)."
-    P, T_ = len(text_embeddings), len(alphas_cumprod)
-    stages = stage_timesteps(config.n_samples, T_)
-    n_eval = sum(map(len, stages))
+def _check_latents_args(latents, noises, text_embeddings, config, prediction_type, n_eval):
     if latents.ndim != 4: raise ValueError(f"latents must be (N, C, h, w), got {tuple(latents.shape)}.")
     N, shape = len(latents), tuple(latents.shape[1:])
     if noises.ndim != 5 or noises.shape[0] != N or noises.shape[1] < n_eval or tuple(noises.shape[2:]) != shape:
         raise ValueError(f"noise must be ({N}, {n_eval}, {', '.join(map(str, shape))}) (one row per image and evaluated timestep), got {tuple(noises.shape)}.")
-    if config.to_keep[0] > P: raise ValueError(f"to_keep[0]={config.to_keep[0]} exceeds the {P} prompts.")
+    if config.to_keep[0] > len(text_embeddings): raise ValueError(f"to_keep[0]={config.to_keep[0]} exceeds the {len(text_embeddings)} prompts.")
     if prediction_type not in ('epsilon', 'v_prediction'): raise ValueError(f"prediction_type {prediction_type!r} is not supported.")
-    device = text_embeddings.device
+
+def _stage_errors(unet, x_t, ts, target, text_embeddings, alive, config, autocast, sharing) -> torch.Tensor:
+    "Errors `(N, A, k)` of every image × alive prompt × new timestep; rows run (image, timestep)-major so a batch's copies of one x_t are adjacent."
+    N, A, k, device = len(x_t), alive.shape[1], len(ts), text_embeddings.device
+    i_idx = torch.arange(N, device=device).repeat_interleave(k * A)
+    t_idx = torch.arange(k, device=device).repeat_interleave(A).repeat(N)
+    p_idx = alive.to(device)[:, None, :].expand(N, k, A).flatten()
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    errs = torch.empty(len(p_idx), device=device)           # moved to the CPU once per stage (no sync per batch)
+    for start in range(0, len(p_idx), config.batch_size):
+        sl = slice(start, start + config.batch_size)
+        ii, ti, pi = i_idx[sl], t_idx[sl], p_idx[sl]
+        sharing.groups(ii * k + ti)                              # rows of one (image, timestep) share the prefix
+        with autocast():
+            out = unet(x_t[ii, ti].contiguous(memory_format=memory_format), ts[ti], encoder_hidden_states=text_embeddings[pi]).sample
+        errs[sl] = _loss(config.loss, out.float(), target[ii, ti])
+    sharing.groups(None)
+    return errs.cpu().view(N, k, A).transpose(1, 2)
+
+@torch.inference_mode()
+def classify_latents(unet: Callable, latents: torch.Tensor, text_embeddings: torch.Tensor, noises: torch.Tensor,
+                     alphas_cumprod: torch.Tensor, config: ClassifierConfig, prediction_type: str = 'epsilon',
+                     autocast: Callable = contextlib.nullcontext, model: str = 'the UNet') -> list[ImageResult]:
+    "Li et al.'s staged zero-shot classification of N latents `(N,C,h,w)` at once, noise `(N,n_eval,C,h,w)`, against `text_embeddings` `(P,L,D)` (STUDY §2); NaN/inf errors raise `NonFiniteError` naming `model`."
+    if config.batch_size is None: config = replace(config, batch_size=_DEFAULT_BATCH)
+    P, T_ = len(text_embeddings), len(alphas_cumprod)
+    stages = stage_timesteps(config.n_samples, T_)
+    n_eval = sum(map(len, stages))
+    _check_latents_args(latents, noises, text_embeddings, config, prediction_type, n_eval)
+    N, device = len(latents), text_embeddings.device
     z0 = latents.to(device, torch.float32)[:, None]                   # (N, 1, C, h, w): broadcast over timesteps
     acp = alphas_cumprod.to(device, torch.float32)
     img = torch.arange(N)[:, None]
@@ -157,52 +237,85 @@ def classify_latents(unet: Callable, latents: torch.Tensor, text_embeddings: tor
     scores = np.full((N, len(stages), P), np.nan, dtype=np.float32)
     all_errors = torch.full((N, P, n_eval), float('nan'))
     stage_prompts, stage_errors, done = [], [], 0                      # per stage: (N, A) prompts, (N, A, k) errors
-    for s, (new_ts, keep) in enumerate(zip(stages, config.to_keep)):
-        k, A = len(new_ts), alive.shape[1]
-        stage_prompts.append(alive.numpy().copy())
-        if k:
-            ts = torch.tensor(new_ts, device=device)
-            a = acp[ts].view(1, -1, 1, 1, 1)
-            eps = noises[:, done:done + k].to(device, torch.float32)     # (N, k, C, h, w)
-            x_t = z0 * a ** 0.5 + eps * (1 - a) ** 0.5                      # q(x_t | x_0), by hand
-            target = eps if prediction_type == 'epsilon' else a ** 0.5 * eps - (1 - a) ** 0.5 * z0
-            i_idx = torch.arange(N, device=device).repeat_interleave(A * k)  # image-major, then prompt-major like the reference
-            p_idx = alive.repeat_interleave(k, dim=1).flatten().to(device)
-            t_idx = torch.arange(k, device=device).repeat(N * A)
-            errs = torch.empty(len(p_idx), device=device)           # moved to the CPU once per stage (no sync per batch)
-            for start in range(0, len(p_idx), config.batch_size):
-                sl = slice(start, start + config.batch_size)
-                ii, ti, pi = i_idx[sl], t_idx[sl], p_idx[sl]
-                with autocast():
-                    out = unet(x_t[ii, ti], ts[ti], encoder_hidden_states=text_embeddings[pi]).sample
-                errs[sl] = _loss(config.loss, out.float(), target[ii, ti])
-            block = errs.cpu().view(N, A, k)
-            all_errors[img, alive, done:done + k] = block
-            stage_errors.append(block.numpy().copy()); done += k
-        else: stage_errors.append(np.zeros((N, A, 0), dtype=np.float32))
-        sc = all_errors[img, alive, :done].mean(dim=-1)                 # (N, A)
-        scores[:, s][img.numpy(), alive.numpy()] = sc.numpy()
-        alive = alive.gather(1, torch.sort(sc, dim=1, stable=True).indices[:, :keep])   # ties keep the earlier prompt
+    with PrefixSharing(getattr(unet, '_orig_mod', unet), config.share_prefix) as sharing:
+        for s, (new_ts, keep) in enumerate(zip(stages, config.to_keep)):
+            k, A = len(new_ts), alive.shape[1]
+            stage_prompts.append(alive.numpy().copy())
+            if k:
+                ts = torch.tensor(new_ts, device=device)
+                a = acp[ts].view(1, -1, 1, 1, 1)
+                eps = noises[:, done:done + k].to(device, torch.float32)     # (N, k, C, h, w)
+                x_t = z0 * a ** 0.5 + eps * (1 - a) ** 0.5                      # q(x_t | x_0), by hand
+                target = eps if prediction_type == 'epsilon' else a ** 0.5 * eps - (1 - a) ** 0.5 * z0
+                block = _stage_errors(unet, x_t, ts, target, text_embeddings, alive, config, autocast, sharing)
+                check_finite(block, model, f'classification stage {s + 1} of {len(stages)} (timesteps {new_ts[:3]}..., {N} images)')
+                all_errors[img, alive, done:done + k] = block
+                stage_errors.append(block.numpy().copy()); done += k
+            else: stage_errors.append(np.zeros((N, A, 0), dtype=np.float32))
+            sc = all_errors[img, alive, :done].mean(dim=-1)                 # (N, A)
+            scores[:, s][img.numpy(), alive.numpy()] = sc.numpy()
+            alive = alive.gather(1, torch.sort(sc, dim=1, stable=True).indices[:, :keep])   # ties keep the earlier prompt
     timesteps = np.asarray([t for st in stages for t in st])
     return [ImageResult(int(alive[i, 0]), timesteps.copy(), [p[i].copy() for p in stage_prompts],
                         [e[i].copy() for e in stage_errors], scores[i].copy()) for i in range(N)]
 
 def classify_latent(unet: Callable, latent: torch.Tensor, text_embeddings: torch.Tensor, noise: torch.Tensor,
                     alphas_cumprod: torch.Tensor, config: ClassifierConfig, prediction_type: str = 'epsilon',
-                    autocast: Callable = contextlib.nullcontext) -> ImageResult:
+                    autocast: Callable = contextlib.nullcontext, model: str = 'the UNet') -> ImageResult:
     "One latent `(1,C,h,w)` with its noise `(n_eval,C,h,w)`: `classify_latents` with N=1."
     if latent.ndim == 3: latent = latent[None]
     if latent.shape[0] != 1: raise ValueError(f"classify_latent takes one latent (1, C, h, w), got {tuple(latent.shape)}: use classify_latents.")
-    return classify_latents(unet, latent, text_embeddings, noise[None], alphas_cumprod, config, prediction_type, autocast)[0]
+    return classify_latents(unet, latent, text_embeddings, noise[None], alphas_cumprod, config, prediction_type, autocast, model)[0]
 
 # %% ../nbs/03_classifier.ipynb #bdd1139e
 _MAX_AUTO_GROUP = 32   # images per group when `images_per_batch` is None: bounds the VAE batch and the work an interruption loses
+_DEFAULT_BATCH = 32    # the safe batch size: the reference's, used when nothing was measured or measuring failed
+_BATCH_CANDIDATES = (8, 16, 32, 64, 128, 256, 512)
 
-def image_group_size(config: ClassifierConfig, n_prompts: int, num_train_timesteps: int = 1000) -> int:
+def image_group_size(config: ClassifierConfig, n_prompts: int, num_train_timesteps: int = 1000, batch_size: int | None = None) -> int:
     "Images `classify` runs together: `config.images_per_batch`, or as many as fill one UNet batch with first-stage samples (at most 32)."
     if config.images_per_batch is not None: return config.images_per_batch
     first = n_prompts * len(stage_timesteps(config.n_samples, num_train_timesteps)[0])
-    return max(1, min(_MAX_AUTO_GROUP, config.batch_size // first))
+    return max(1, min(_MAX_AUTO_GROUP, (batch_size or config.batch_size or _DEFAULT_BATCH) // first))
+
+def _time_call(fn, repeats: int = 2) -> float:
+    "Best of `repeats` wall times of `fn()` after one warm-up call."
+    fn(); best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter(); fn(); best = min(best, time.perf_counter() - t0)
+    return best
+
+_BATCH_MEMO: dict[str, int] = {}
+
+@torch.inference_mode()
+def auto_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
+                    dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
+                    measure: bool = True) -> int:
+    "The UNet batch size with the most samples per second on this device, measured once per (device, threads, UNet config, shapes) and cached; 32 if unmeasured."
+    dev = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
+    key = stable_hash(dict(v=1, device=dev, threads=torch.get_num_threads(), unet=getattr(unet, 'config', type(unet).__name__),
+                           latent=list(latent_shape), text=list(text_shape), dtype=str(dtype)))
+    path = cache_dir('classifier-batch') / f'{key}.json'
+    if key in _BATCH_MEMO: return _BATCH_MEMO[key]
+    with contextlib.suppress(Exception): _BATCH_MEMO[key] = int(load_json(path)['batch_size']); return _BATCH_MEMO[key]
+    if not measure: return _DEFAULT_BATCH
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    best, best_rate, rates = _DEFAULT_BATCH, 0.0, {}
+    for b in _BATCH_CANDIDATES:
+        x = torch.randn(b, *latent_shape, device=device); t = torch.full((b,), 500, device=device)
+        e = torch.randn(b, *text_shape, device=device)
+        def call():
+            with autocast(): unet(x, t, encoder_hidden_states=e)
+            sync()
+        try: seconds = _time_call(call)
+        except torch.OutOfMemoryError: break                        # too big for this device: the last fitting size stands
+        rates[b] = b / seconds
+        if rates[b] > best_rate * 1.03: best, best_rate = b, rates[b]   # a bigger batch must be clearly faster
+        if seconds > max_call_s or rates[b] < 0.8 * best_rate: break
+    atomic_save_json(dict(batch_size=best, samples_per_s={str(k): v for k, v in rates.items()}, device=dev,
+                          threads=torch.get_num_threads()), path)
+    _BATCH_MEMO[key] = best
+    return best
 
 # %% ../nbs/03_classifier.ipynb #241bab3c
 def preprocess_image(image, resolution: int, interpolation: str = 'bicubic') -> torch.Tensor:
@@ -222,24 +335,63 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32: return contextlib.nullcontext          # fp32: no autocast (CPU default, exact)
     return lambda: torch.autocast(device.type, dtype=dtype)
 
-_COMPILED: dict[int, Callable] = {}
+class CompiledOrEager:
+    "`torch.compile(module)` that falls back to the eager module, with a warning, when compiling or running the compiled one fails."
+    def __init__(self, module):
+        self._orig_mod, self.failed = module, None
+        self.compiled = torch.compile(module)
+    def __call__(self, *args, **kwargs):
+        if self.failed is None:
+            try: return self.compiled(*args, **kwargs)
+            except (KeyboardInterrupt, NonFiniteError): raise
+            except Exception as e:
+                self.failed = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+                warnings.warn(f"torch.compile of the UNet failed ({self.failed}); classifying with the eager UNet instead.", stacklevel=2)
+        return self._orig_mod(*args, **kwargs)
+
+_COMPILED: dict[int, CompiledOrEager] = {}
 def _maybe_compile(unet, on: bool):
     if not on: return unet
-    if id(unet) not in _COMPILED: _COMPILED[id(unet)] = torch.compile(unet)
+    if id(unet) not in _COMPILED or _COMPILED[id(unet)]._orig_mod is not unet: _COMPILED[id(unet)] = CompiledOrEager(unet)
     return _COMPILED[id(unet)]
 
+@contextlib.contextmanager
+def _memory_format(module, channels_last: bool):
+    "The module's weights in channels-last memory format inside the block (values unchanged), back to contiguous after."
+    if not channels_last: yield module; return
+    module.to(memory_format=torch.channels_last)
+    try: yield module
+    finally: module.to(memory_format=torch.contiguous_format)
+
+_RESULT_FIELDS = ('pred_prompt', 'timesteps', 'scores', 'image_id', 'label', 'n_stages')
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+    "SHA-256 over the arrays' names, dtypes, shapes and bytes (what a cache file's `checksum` holds)."
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name]); h.update(f'{name}|{a.dtype.str}|{a.shape}|'.encode()); h.update(a.tobytes())
+    return h.hexdigest()
+
 def _save_result(path: Path, r: ImageResult, image_id: int, label: int):
+    "One image's record as an .npz with a checksum of its arrays, written atomically."
     arrays = dict(pred_prompt=r.pred_prompt, timesteps=r.timesteps, scores=r.scores, image_id=image_id, label=label,
                   n_stages=len(r.stage_prompts))
     for s, (p, e) in enumerate(zip(r.stage_prompts, r.stage_errors)): arrays[f'prompts_{s}'], arrays[f'errors_{s}'] = p, e
-    with atomic_write(path, 'wb') as f: np.savez(f, **arrays)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    with atomic_write(path, 'wb') as f: np.savez(f, checksum=np.asarray(_digest(arrays)), **arrays)
 
 def _load_result(path: Path) -> tuple[ImageResult, int, int]:
-    with np.load(path) as z:
-        n = int(z['n_stages'])
-        r = ImageResult(int(z['pred_prompt']), z['timesteps'], [z[f'prompts_{s}'] for s in range(n)],
-                        [z[f'errors_{s}'] for s in range(n)], z['scores'])
-        return r, int(z['image_id']), int(z['label'])
+    "Read and verify one image's record: a full decode (zip CRCs) and the stored checksum; `DamagedFileError` naming the file otherwise."
+    try:
+        with np.load(path, allow_pickle=False) as z: arrays = {k: z[k] for k in z.files}
+        stored = str(arrays.pop('checksum'))
+        n = int(arrays['n_stages'])
+        if stored != _digest(arrays): raise DamagedFileError('checksum mismatch')
+        r = ImageResult(int(arrays['pred_prompt']), arrays['timesteps'], [arrays[f'prompts_{s}'] for s in range(n)],
+                        [arrays[f'errors_{s}'] for s in range(n)], arrays['scores'])
+    except Exception as e:
+        raise DamagedFileError(f"classifier cache file {path} is damaged ({type(e).__name__}: {e})") from e
+    return r, int(arrays['image_id']), int(arrays['label'])
 
 # %% ../nbs/03_classifier.ipynb #f179ea97
 def _resolve_shard(shard) -> tuple[int, int, bool]:
@@ -261,9 +413,9 @@ def merge_shards(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 # %% ../nbs/03_classifier.ipynb #e1c40978
 def run_key(fingerprint: str, prompts: pd.DataFrame, dataset: ClassificationDataset, config: ClassifierConfig,
             seed: int, prediction_type: str, resolution: int, compute_dtype: torch.dtype = torch.float32) -> str:
-    "Cache key of a classifier run: everything that changes the per-image numbers (incl. the resolved compute dtype)."
-    return stable_hash(dict(v=1, model=fingerprint, prompts=prompts[['prompt', 'classidx']].values.tolist(),
-                            dataset=[dataset.name, dataset.split], config=config.result_key(), seed=int(seed),
+    "Cache key of a classifier run: everything that changes the per-image numbers: model, prompts' text and classes, the dataset's `identity()`, schedule, seed, compute dtype."
+    return stable_hash(dict(v=2, model=fingerprint, prompts=prompts[['prompt', 'classidx']].values.tolist(),
+                            dataset=dataset.identity(), config=config.result_key(), seed=int(seed),
                             prediction_type=prediction_type, resolution=int(resolution), compute_dtype=str(compute_dtype)))
 
 def _row(position, image_id, label, r: ImageResult, prompts: pd.DataFrame) -> dict:
@@ -271,10 +423,29 @@ def _row(position, image_id, label, r: ImageResult, prompts: pd.DataFrame) -> di
     return dict(position=position, image_id=int(image_id), label=int(label), pred=pred, pred_prompt=r.pred_prompt,
                 correct=pred == int(label), scores=r.scores)
 
+def _read_cached(path: Path, image_id: int, label: int) -> ImageResult | None:
+    "The verified cached record of an image, or None (absent; or damaged or not this image's, then moved aside with a warning)."
+    if not path.exists(): return None
+    try: r, stored_id, stored_label = _load_result(path)
+    except DamagedFileError as e: quarantine(path, str(e.__cause__ or e)); return None
+    if (stored_id, stored_label) != (image_id, label):
+        quarantine(path, f"it holds image {stored_id} with label {stored_label}, the dataset has image {image_id} with label {label}")
+        return None
+    return r
+
+def _resolve_batch_size(config: ClassifierConfig, components: Components, device, dtype, resolution: int, text_shape) -> ClassifierConfig:
+    "`config` with `batch_size` set: the given one, else `auto_batch_size` for this device, model and latent size."
+    if config.batch_size is not None: return config
+    unet = components.unet
+    if not hasattr(unet, 'config'): return replace(config, batch_size=_DEFAULT_BATCH)
+    side = resolution // components.vae_downsample
+    latent = (unet.config.in_channels, side, side)
+    return replace(config, batch_size=auto_batch_size(unet, latent, tuple(text_shape), device, dtype, _autocast(device, dtype)))
+
 def classify(components: Components, dataset, prompts: pd.DataFrame | str | None = None,
              config: ClassifierConfig | None = None, seed: int = 0, cache: bool = True, shard='auto',
              model_name: str | None = None, progress: bool = True) -> pd.DataFrame:
-    "Zero-shot classify every image of `dataset` with `components` (STUDY §2), `image_group_size` images at a time; one row per image, cached per image."
+    "Zero-shot classify every image of `dataset` with `components` (STUDY §2), `image_group_size` images at a time; one row per image, cached per image (verified on read)."
     ds = as_classification_dataset(dataset)
     prompts = validate_prompts(prompts) if isinstance(prompts, pd.DataFrame) else load_prompts(prompts or ds.name)
     config = config or schedule_for(ds.name)
@@ -293,56 +464,67 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
     dtype = torch.float32 if device.type == 'cpu' and config.dtype is None else get_dtype(device, config.dtype)
     resolution = config.resolution or components.resolution
     prediction_type = components.prediction_type
+    who = f"{model_name or 'model'} ({components.source})"
     fingerprint = components.fingerprint() if cache else None     # hashing all weights takes seconds for SD-sized models
-    key = run_key(fingerprint, prompts, ds, config, seed, prediction_type, resolution, dtype)
+    key = run_key(fingerprint, prompts, ds, config, seed, prediction_type, resolution, dtype) if cache else None
     folder = cache_dir('classifier', key) if cache else None
     if folder is not None and not (folder / 'run.json').exists():
-        atomic_save_json(dict(model=model_name, fingerprint=fingerprint, source=components.source, dataset=ds.name,
-                              split=ds.split, config=config.result_key(), seed=seed, prediction_type=prediction_type,
+        atomic_save_json(dict(model=model_name, fingerprint=fingerprint, source=components.source, dataset=ds.identity(),
+                              config=config.result_key(), seed=seed, prediction_type=prediction_type,
                               resolution=resolution, compute_dtype=str(dtype), n_prompts=len(prompts)), folder / 'run.json')
-    unet = _maybe_compile(components.unet, config.compile)
     acp = components.scheduler.alphas_cumprod
-    n_noise, group = max(config.n_samples), image_group_size(config, len(prompts), len(acp))
     text_embeddings, rows, pending = None, {}, []       # pending: (position, image id, cache path) of uncached images
     mine = list(range(len(ds)))[rank::world]
-    t0, n_done = time.perf_counter(), 0
+    t0, n_done, group = time.perf_counter(), 0, None
     bar = tqdm(total=len(mine), desc=f'classify {model_name or ""} {ds.name}'.replace('  ', ' '), disable=not progress)
 
     def run_pending():
         "Classify the pending images together: one VAE batch, shared UNet calls, one cache file each."
         nonlocal text_embeddings, n_done
-        if text_embeddings is None: text_embeddings = encode_prompts(components, prompts.prompt.tolist()).to(device)
-        images, labels = zip(*(ds[pos] for pos, _, _ in pending))
+        images = [ds[pos][0] for pos, _, _ in pending]
         x = torch.stack([preprocess_image(image, resolution, config.interpolation) for image in images])
         z0 = encode_images(components, x.to(components.vae.device)).float()
-        noises = torch.stack([paired_noise(seed, image_id, n_noise, z0.shape[1:]) for _, image_id, _ in pending])
-        results = classify_latents(unet, z0, text_embeddings, noises, acp, config, prediction_type, _autocast(device, dtype))
-        for (pos, image_id, path), label, r in zip(pending, labels, results):
-            if path is not None: _save_result(path, r, image_id, label)
-            rows[pos] = _row(pos, image_id, label, r, prompts)
+        noises = torch.stack([paired_noise(seed, image_id, max(config.n_samples), z0.shape[1:]) for _, image_id, _ in pending])
+        with _memory_format(components.unet, config.channels_last):
+            results = classify_latents(unet, z0, text_embeddings, noises, acp, run_config, prediction_type, _autocast(device, dtype), who)
+        for (pos, image_id, path), r in zip(pending, results):
+            if path is not None: _save_result(path, r, image_id, int(ds.labels[pos]))
+            rows[pos] = _row(pos, image_id, ds.labels[pos], r, prompts)
         n_done += len(pending); bar.update(len(pending)); pending.clear()
         bar.set_postfix({'img/s': f'{n_done / (time.perf_counter() - t0):.3g}'})
 
+    def ensure_ready():
+        "Encode the prompts, pick the batch size and compile: only once an image needs computing."
+        nonlocal text_embeddings, run_config, unet, group
+        if text_embeddings is not None: return
+        text_embeddings = encode_prompts(components, prompts.prompt.tolist()).to(device)
+        run_config = _resolve_batch_size(config, components, device, dtype, resolution, text_embeddings.shape[1:])
+        unet = _maybe_compile(components.unet, config.compile)
+        group = image_group_size(run_config, len(prompts), len(acp))
+
+    run_config, unet = config, components.unet
     for pos in mine:
-        image_id = int(ds.image_ids[pos])
+        image_id, label = int(ds.image_ids[pos]), int(ds.labels[pos])
         path = folder / f'{image_id:08d}.npz' if folder is not None else None
-        if path is not None and path.exists():
-            r, _, label = _load_result(path)
-            rows[pos] = _row(pos, image_id, label, r, prompts); bar.update()
-        else: pending.append((pos, image_id, path))
+        r = _read_cached(path, image_id, label) if path is not None else None
+        if r is not None: rows[pos] = _row(pos, image_id, label, r, prompts); bar.update(); continue
+        ensure_ready(); pending.append((pos, image_id, path))
         if len(pending) == group: run_pending()
     if pending: run_pending()
-    bar.close()
     if launched and world > 1:
         state.wait_for_everyone()
         for pos in range(len(ds)):
-            if pos not in rows:
-                r, image_id, label = _load_result(folder / f'{int(ds.image_ids[pos]):08d}.npz')
-                rows[pos] = _row(pos, image_id, label, r, prompts)
+            if pos in rows: continue
+            image_id = int(ds.image_ids[pos]); path = folder / f'{image_id:08d}.npz'
+            r = _read_cached(path, image_id, int(ds.labels[pos]))
+            if r is not None: rows[pos] = _row(pos, image_id, ds.labels[pos], r, prompts)
+            else: ensure_ready(); pending.append((pos, image_id, path))      # another process's file was damaged: redo it here
+        if pending: run_pending()
+    bar.close()
     df = pd.DataFrame([rows[p] for p in sorted(rows)],
                       columns=['position', 'image_id', 'label', 'pred', 'pred_prompt', 'correct', 'scores'])
     df.attrs = dict(model=model_name, fingerprint=fingerprint, dataset=ds.name, split=ds.split, classes=list(ds.classes),
-                    prompt_classidx=prompts.classidx.tolist(), config=asdict(config), seed=seed, cache_key=key)
+                    prompt_classidx=prompts.classidx.tolist(), config=asdict(run_config), seed=seed, cache_key=key)
     return df
 
 def classify_models(models: Mapping[str, Components], dataset, prompts=None, config: ClassifierConfig | None = None,
