@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'get_dtype', 'seed_everything', 'torch_generator', 'home_dir', 'cache_dir', 'repo_root', 'data_path',
-           'atomic_write', 'atomic_save_json', 'load_json', 'stable_hash', 'model_fingerprint', 'batched',
+__all__ = ['get_device', 'get_dtype', 'seed_everything', 'torch_generator', 'home_dir', 'cache_dir', 'repo_root', 'shipped_path',
+           'data_path', 'atomic_write', 'atomic_save_json', 'load_json', 'stable_hash', 'model_fingerprint', 'batched',
            'DamagedFileError', 'NonFiniteError', 'file_sha256', 'quarantine', 'check_finite', 'check_name']
 
 # %% ../nbs/00_core.ipynb #26eb37f0
@@ -75,15 +75,25 @@ def repo_root() -> Path:
     here = Path(globals().get('__file__', Path.cwd() / 'x')).resolve().parent
     for p in (here, *here.parents):
         if (p / 'settings.ini').exists() and (p / 'data').is_dir(): return p
-    raise FileNotFoundError("Could not find the open_forgetting checkout (settings.ini and data/). open_forgetting "
-                            "reads data/ from its source checkout: install it editable (`make venv` or `pip install -e .`).")
+    raise FileNotFoundError("Could not find the open_forgetting source checkout (settings.ini and data/): this is an "
+                            "installed copy. Files shipped with the package are found with `shipped_path`.")
+
+def shipped_path(kind: str) -> Path:
+    "The folder of shipped files `kind` ('data' or 'experiments'): the checkout's `data/` or `nbs/experiments/`, else the installed package's copy."
+    from importlib import resources
+    in_checkout = {'data': ('data',), 'experiments': ('nbs', 'experiments')}[kind]
+    try: return repo_root().joinpath(*in_checkout)
+    except FileNotFoundError: pass
+    path = Path(str(resources.files('open_forgetting') / '_shipped' / kind))   # written by setup.py's build step
+    if not path.is_dir(): raise FileNotFoundError(f"The shipped {kind} folder is missing from this install ({path}); reinstall open_forgetting.")
+    return path
 
 def data_path(*parts: str) -> Path:
-    "Path of a file shipped in the repository's `data/` folder; a clear error when it is missing."
-    path = repo_root().joinpath('data', *parts)
+    "Path of a file shipped in the package's `data/` folder; a clear error when it is missing."
+    path = shipped_path('data').joinpath(*parts)
     if not path.exists():
-        raise FileNotFoundError(f"Shipped data file {path} is missing. open_forgetting reads data/ from its source "
-                                "checkout: install it editable (`make venv` or `pip install -e .`).")
+        raise FileNotFoundError(f"Shipped data file {path} is missing: the checkout or the installed package is incomplete "
+                                "(reinstall with `pip install .` or `make venv`).")
     return path
 
 # %% ../nbs/00_core.ipynb #2676197f

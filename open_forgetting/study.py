@@ -28,8 +28,8 @@ __all__ = ['AllOrCount', 'VARIANTS', 'ModelSection', 'DatasetEntry', 'Classifica
            'check_positive', 'check_cell', 'RunLayout', 'load_base', 'load_encoder', 'classification_sets',
            'classifier_config', 'study_concept', 'generic_appearance_prompts', 'related_appearance_prompts',
            'ensure_customized', 'load_study_model', 'default_run_dir', 'paired_generations', 'classify_over_seeds',
-           'concept_fidelity', 'save_table', 'throughput_table', 'plan_stages', 'plan', 'format_plan',
-           'collect_results', 'demo_checks']
+           'concept_fidelity', 'save_table', 'SemanticDrift', 'drift_tables', 'semantic_drift', 'table1_text',
+           'cell_models', 'throughput_table', 'plan_stages', 'plan', 'format_plan', 'collect_results', 'demo_checks']
 
 # %% ../nbs/14_study.ipynb #a510fca7
 class _Section(BaseModel):
@@ -397,6 +397,66 @@ def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
     with atomic_write(path, 'w') as f: df.to_csv(f, index=False)
     return path
 
+# %% ../nbs/14_study.ipynb #3294e1a0
+@dataclasses.dataclass
+class SemanticDrift:
+    "The tidy tables of semantic drift: per image (and classifier seed), per class, and the summary per dataset and model."
+    per_image: pd.DataFrame
+    per_class: pd.DataFrame
+    summary: pd.DataFrame
+
+    def save(self, out_dir: str | Path, **columns) -> None:
+        "Write `classification.csv`, `per_class.csv` and `semantic_drift.csv` with extra constant `columns`."
+        for df, name in ((self.per_image, 'classification'), (self.per_class, 'per_class'), (self.summary, 'semantic_drift')):
+            save_table(df.assign(**columns), out_dir, name)
+
+def _identity_columns(df: pd.DataFrame, identity: Mapping[str, Mapping] | None) -> pd.DataFrame:
+    if not identity: return df
+    ids = pd.DataFrame([{'model': m, **v} for m, v in identity.items()])
+    return df.merge(ids, on='model', how='left')
+
+def drift_tables(runs: Mapping[str, Mapping[str, pd.DataFrame]], classes: Mapping[str, Sequence[str]], base: str = 'base',
+                 identity: Mapping[str, Mapping] | None = None, n_boot: int = 1000) -> SemanticDrift:
+    "`runs[dataset][model]` per-image results (paired on `image_id`) -> `SemanticDrift` (Table 1's numbers with paired 95% CIs)."
+    from open_forgetting.classifier import drift_report, score_drift
+    per_image, summary, per_class = [], [], []
+    for name, by_model in runs.items():
+        names = list(classes[name])
+        rep = drift_report(by_model, base=base, n_classes=len(names), n_boot=n_boot).reset_index().assign(dataset=name)
+        rep['worst_class'] = [names[i] for i in rep.worst_class]
+        if all('scores' in df for df in by_model.values()): rep['score_drift'] = rep.model.map(score_drift(by_model, base=base))
+        summary.append(rep)
+        for m, df in by_model.items():
+            cols = [c for c in ('image_id', 'label', 'pred', 'correct', 'classifier_seed') if c in df]
+            per_image.append(df[cols].assign(model=m, dataset=name, classname=[names[i] for i in df.label]))
+            acc = df.groupby('label').correct.mean() * 100
+            per_class.append(pd.DataFrame({'dataset': name, 'model': m, 'classname': [names[i] for i in acc.index], 'accuracy': acc.values}))
+    per_class = pd.concat(per_class, ignore_index=True)
+    base_acc = per_class[per_class.model == base].set_index(['dataset', 'classname']).accuracy
+    per_class['drop'] = base_acc.reindex(pd.MultiIndex.from_frame(per_class[['dataset', 'classname']])).values - per_class.accuracy.values
+    return SemanticDrift(*(_identity_columns(pd.concat(t, ignore_index=True) if isinstance(t, list) else t, identity)
+                           for t in (per_image, per_class, summary)))
+
+def semantic_drift(models: Mapping[str, Components], study: Study, base: str = 'base',
+                   identity: Mapping[str, Mapping] | None = None) -> SemanticDrift:
+    "Classify the study's datasets with every model (noise paired across models, every classifier seed) -> `drift_tables`."
+    runs, classes = {}, {}
+    for name, (dataset, prompts) in classification_sets(study).items():
+        runs[name] = classify_over_seeds(models, dataset, prompts, classifier_config(study, name), study.classification.seeds)
+        classes[name] = list(dict.fromkeys(prompts.sort_values('classidx').classname))
+    return drift_tables(runs, classes, base=base, identity=identity)
+
+def table1_text(summary: pd.DataFrame, digits: int = 1, by: Sequence[str] = ('method', 'variant')) -> pd.DataFrame:
+    "Table 1 as the paper prints it, 'accuracy (worst-class drop)', one row per model and one column per dataset (no recomputation)."
+    cell = summary.apply(lambda r: f'{r.accuracy:.{digits}f}' if r.model == 'base' else f'{r.accuracy:.{digits}f} ({r.worst_drop:.{digits}f})', axis=1)
+    return summary.assign(cell=cell).pivot_table(index=list(by), columns='dataset', values='cell', aggfunc='first')
+
+# %% ../nbs/14_study.ipynb #3417c638
+def cell_models(base: Components, model: Components, method: str, variant: str) -> tuple[dict, dict]:
+    "`({'base': base, '<method>-<variant>': model}, identity)`: a grid cell's models for `semantic_drift`, with who they are as columns."
+    key = f'{method}-{variant}'
+    return {'base': base, key: model}, {'base': dict(method='base', variant='none'), key: dict(method=method, variant=variant)}
+
 # %% ../nbs/14_study.ipynb #46044be2
 def throughput_table() -> pd.DataFrame:
     "UNet evaluations per second by UNet size and device, with where each figure comes from."
@@ -477,16 +537,20 @@ def collect_results(run_dir: str | Path, experiment: str, name: str) -> pd.DataF
     files = RunLayout(Path(run_dir)).results(experiment, name)
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
-def demo_checks(run_dir: str | Path, plain: str = 'DB', corrected: str = 'DB-DC') -> pd.DataFrame:
-    "Issue 7's checks from a run's result files: one row per check with its value, threshold and verdict."
+def demo_checks(run_dir: str | Path, plain: tuple[str, str] = ('dreambooth', 'plain'),
+                corrected: tuple[str, str] = ('dreambooth', 'dc')) -> pd.DataFrame:
+    "The embedded default's checks from a run's result files: one row per check with its value, threshold and verdict."
+    from open_forgetting.plots import model_label
     run_dir = Path(run_dir); rows = []
+    cells = lambda df, mv: df[(df.method == mv[0]) & (df.variant == mv[1])]
+    plain_cell, corrected_cell, plain, corrected = plain, corrected, model_label(*plain), model_label(*corrected)
     def add(check, value, threshold, passed): rows.append(dict(check=check, value=value, threshold=threshold, passed=None if passed is None else bool(passed)))
     drift, per_class = collect_results(run_dir, 'global_drift', 'semantic_drift'), collect_results(run_dir, 'global_drift', 'per_class')
     for dataset, d in drift.groupby('dataset'):
         n_classes = per_class[per_class.dataset == dataset].classname.nunique()
         acc = d.base_accuracy.mean(); chance = 100 / max(n_classes, 1)
         add(f'{dataset}: base accuracy >= 3x chance', round(acc, 1), f'>= {3 * chance:.1f}', acc >= 3 * chance)
-        db, dc = d[d.model == plain], d[d.model == corrected]
+        db, dc = cells(d, plain_cell), cells(d, corrected_cell)
         if len(db):
             r = db.mean(numeric_only=True)
             add(f'{dataset}: {plain} mean drop (95% CI)', f'{r["drop"]:.1f} [{r.drop_lo:.1f}, {r.drop_hi:.1f}]', '>= 3, CI > 0',
@@ -511,7 +575,6 @@ def demo_checks(run_dir: str | Path, plain: str = 'DB', corrected: str = 'DB-DC'
         add(f'{corrected} fidelity (CLIP-I) vs {plain}', f'{f[corrected]:.3f} vs {f[plain]:.3f} ({f[corrected] / f[plain]:.1%})',
             f'>= 90% ({0.9 * f[plain]:.4f})', f[corrected] >= 0.9 * f[plain])   # the ratio shows how near the edge it is
     ident = collect_results(run_dir, 'customize', 'identification')
-    from open_forgetting.plots import model_label
     for r in ident.itertuples():   # required of the corrected model; the others' counts are shown for comparison
         label = model_label(r.method, r.variant)
         add(f'{label} held-out views identified', f'{r.n_correct}/{r.n_views}', '>= 15/20' if label == corrected else '(shown)',

@@ -7,9 +7,8 @@ test compares `classifier.score_drift`: the paired, class-relative change of eve
 accuracy checks at 256 images and 3 seeds are the demo's (`open-forgetting demo`)."""
 import pytest
 
-from open_forgetting.classifier import ClassifierConfig, classify, score_drift
-from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
-from open_forgetting.study import concept_fidelity, load_study, load_study_model, study_concept
+from open_forgetting.miniworld import load_miniworld_clip
+from open_forgetting.study import concept_fidelity, load_study, load_study_model, semantic_drift, study_concept
 from open_forgetting.world import concept_identification
 
 
@@ -28,10 +27,9 @@ def trained(tmp_path_factory):
 def test_dreambooth_drifts_and_drift_correction_keeps_the_classifier(trained):
     study, models, *_ = trained
     assert study.drift_correction.lambda_dc is not None and study.drift_correction.lambda_dc > 0
-    data, prompts = miniworld_dataset('shape', 'test', n_per_class=8), miniworld_prompts('shape')
-    config = ClassifierConfig(to_keep=(1,), n_samples=(10,))          # one stage: every prompt scored at 10 timesteps
-    results = {name: classify(m, data, prompts, config, seed=0, cache=False, progress=False) for name, m in models.items()}
-    drift = score_drift(results)
+    small = load_study(study, {'classification.n_per_class': 8, 'classification.seeds': [0],      # one stage: every prompt
+                               'classification.datasets': {'miniworld:shape': {'classifier': {'to_keep': [1], 'n_samples': [10]}}}})
+    drift = semantic_drift(models, small).summary.set_index('model').score_drift
     assert drift['base'] == 0
     assert drift['DB'] > 0.2, drift                  # DreamBooth moved the evidence by more than a fifth of its own spread
     assert drift['DB-DC'] < drift['DB'] / 2, drift   # Drift Correction keeps at least half of what DreamBooth moved

@@ -23,13 +23,14 @@ def test_runner_end_to_end_and_report(tmp_path):
     import papermill as pm
     pm.execute_notebook(str(repo_root() / 'nbs/experiments/report.ipynb'), str(run / 'report.ipynb'),
                         parameters={'run_dir': str(run)}, kernel_name='python3', progress_bar=False)
-    table1 = pd.read_csv(run / 'table1.csv').set_index('model')
+    table1 = pd.read_csv(run / 'table1.csv')
+    row = table1[(table1.method == 'dreambooth') & (table1.variant == 'dc') & (table1.dataset == 'miniworld:shape')]
     # independent route: pool the per-image classification files by hand
     files = sorted(run.glob('*/dreambooth-dc/global_drift/classification.csv'))
     assert len(files) == 2
     per_image = pd.concat(pd.read_csv(f) for f in files)
-    mine = per_image[(per_image.model == 'DB-DC') & (per_image.dataset == 'miniworld:shape')]
-    assert table1.loc['DB-DC', 'miniworld:shape_accuracy'] == pytest.approx(100 * mine.correct.mean())
+    mine = per_image[(per_image.method == 'dreambooth') & (per_image.variant == 'dc') & (per_image.dataset == 'miniworld:shape')]
+    assert len(row) == 1 and row.accuracy.item() == pytest.approx(100 * mine.correct.mean())
     assert (run / 'figures' / 'figure1_grid.png').exists() is False  # appearance was switched off: no Figure 1
     # a re-run skips every finished notebook
     subprocess.run(cmd, check=True, capture_output=True)
