@@ -307,7 +307,9 @@ def run_jobs(jobs: Sequence[Job], run_dir: str | Path, notebooks: str | Path | N
         table.loc[i, ['status', 'updated']] = ['running', _now()]
         table = estimate_eta(table); write_job_table(table, path)
         bar.set_postfix_str(f'{job.key}, {_eta_text(table)}')
-        row = _run_job(job, run_dir, notebooks / f'{job.experiment}.ipynb', params, execute, kernel_name, force, failed)
+        try: row = _run_job(job, run_dir, notebooks / f'{job.experiment}.ipynb', params, execute, kernel_name, force, failed)
+        except KeyboardInterrupt:   # leave a table that says where it stopped
+            table.loc[i, ['status', 'updated']] = ['interrupted', _now()]; write_job_table(table, path); raise
         if row['status'] in ('failed', 'blocked'): failed.add(job.key)
         table.loc[i, list(row)] = list(row.values())
         table = estimate_eta(table); write_job_table(table, path)
