@@ -13,7 +13,7 @@ import pandas as pd
 import papermill as pm
 from tqdm.auto import tqdm
 
-from .core import atomic_save_json, atomic_write, check_name, quarantine, stable_hash, repo_root
+from .core import atomic_save_json, atomic_write, check_name, quarantine, stable_hash, shipped_path
 
 # %% auto #0
 __all__ = ['MEASUREMENTS', 'MERGED_TABLE', 'STATUSES', 'Job', 'plan_jobs', 'shard_jobs', 'parse_shard', 'notebook_parameters',
@@ -165,8 +165,8 @@ def marker_changes(old: dict, new: dict) -> list[str]:
 
 # %% ../nbs/13_runner.ipynb #0bc7f4da
 def experiments_dir() -> Path:
-    "Folder holding the experiment notebooks (`nbs/experiments/` of the checkout)."
-    return repo_root() / 'nbs' / 'experiments'
+    "Folder holding the experiment notebooks: `nbs/experiments/` of the checkout, else the installed package's copy."
+    return shipped_path('experiments')
 
 def _marker(job: Job, run_dir, name: str = '_SUCCESS.json') -> Path: return job.out_dir(run_dir) / name
 
