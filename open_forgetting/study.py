@@ -382,14 +382,14 @@ def classify_over_seeds(models: dict[str, Components], dataset, prompts: pd.Data
     return {m: pd.concat(v, ignore_index=True) for m, v in runs.items()}
 
 def concept_fidelity(models: dict[str, Components], instance_dir: str | Path, instance_prompt: str, seeds: Sequence[int],
-                     settings: GenerationSettings, encoder, root: str | Path | None = None):
+                     settings: GenerationSettings, encoder, root: str | Path | None = None, dino=None):
     "Concept fidelity (Table 2): `generate` the instance prompt at `seeds` per model, score against the instance images; returns (table, manifest, real images)."
     from open_forgetting.generate import generate, load_images
     from open_forgetting.metrics import fidelity
     from open_forgetting.train import instance_image_files
     gen = generate(models, [instance_prompt], seeds, settings, root=root, progress=False)
     real = load_images(instance_image_files(Path(instance_dir)))
-    return fidelity(gen, real, encoder), gen, real
+    return fidelity(gen, real, encoder, dino=dino), gen, real
 
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> Path:
     "Write a tidy result table as `<out_dir>/<name>.csv` atomically; returns the path."

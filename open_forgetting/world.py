@@ -31,6 +31,11 @@ class World:
     def load_encoder(self, study):
         "The `features.ImageTextEncoder` for CLIP-I, CLIP-T, diversity and (unless Inception is used) KID."
         raise NotImplementedError
+    def load_dino(self, study):
+        "The DINO image encoder of Table 2's DINO column (`appearance.dino`), or None when the study names none."
+        if study.appearance.dino is None: return None
+        from open_forgetting.features import DinoEncoder
+        return DinoEncoder(study.appearance.dino)
     def dataset_names(self, study) -> list[str]: return list(study.classification.datasets)
     def classification_set(self, study, name: str) -> tuple[Any, pd.DataFrame]:
         "(dataset, prompts) of classification set `name`."
