@@ -1,11 +1,19 @@
 """Sweep customization settings in the miniature world and measure what issue 7 asks of each: forgetting, fidelity, binding.
 
-Each configuration is a name and TrainConfig overrides on top of the `miniworld` preset's recipe, e.g.
+Each configuration is a name and TrainConfig overrides on top of the study's recipe (`--study`, default `miniworld`), e.g.
 
     .venv/bin/python tools/dc_sweep.py --out data/miniworld/dc_sweep.csv \\
         'DB:plain:{}' 'DB-DC 10:dc:{"lambda_dc": 10}' 'DB-DC 100:dc:{"lambda_dc": 100}'
 
-(`NAME:VARIANT:JSON`, optionally `NAME:METHOD:VARIANT:JSON`). For every configuration it trains (or reuses) the
+(`NAME:VARIANT:JSON`, optionally `NAME:METHOD:VARIANT:JSON`). `--train-seeds 0,1,2` runs every configuration once per
+training seed (`NAME s<seed>`); `--dc-teacher-pool N` adds, for every configuration with Drift Correction, the same
+one with the cached teacher of N samples (`NAME cached`). DC with and without the teacher cache over three seeds:
+
+    .venv/bin/python tools/dc_sweep.py --out data/miniworld/dc_teacher_cache.csv --train-seeds 0,1,2 \\
+        --dc-teacher-pool 1024 --seeds 0,1,2 'DB:plain:{}' 'DB-DC:dc:{}'
+
+(the miniworld recipe draws 500 steps x 2 = 1000 DC samples per run, hence a pool of 1024; compare `drop` and
+`fidelity_clip_i` of `DB-DC s<k>` and `DB-DC cached s<k>` against their spread over the seeds). For every configuration it trains (or reuses) the
 customized model, then measures with the package's own code:
 - the zero-shot classifier on the world's shape and colour sets (one stage, every prompt scored at `--n-t`
   timesteps, noise paired across models): accuracy, mean and worst-class drop with the paired 95% interval
@@ -25,8 +33,8 @@ from open_forgetting.classifier import ClassifierConfig, drift_report, score_dri
 from open_forgetting.core import atomic_write, home_dir
 from open_forgetting.generate import GenerationSettings
 from open_forgetting.miniworld import load_miniworld_clip, miniworld_dataset, miniworld_prompts
-from open_forgetting.study import (classify_over_seeds, concept_fidelity, concept_identification, get_preset, load_base,
-                                   study_concept, train_config)
+from open_forgetting.study import classify_over_seeds, concept_fidelity, load_base, load_study, study_concept, train_config
+from open_forgetting.world import concept_identification
 from open_forgetting.train import customize, load_customized
 
 
@@ -40,6 +48,18 @@ def parse_config(text: str) -> tuple[str, str, str, dict]:
     return name, method, variant, json.loads('{' + rest)
 
 
+def expand_configs(configs: list[tuple], train_seeds: str | None, pool: int) -> list[tuple[str, str, str, dict]]:
+    "Each configuration once per training seed (`NAME s<seed>`), and with `pool` > 0 a cached-teacher twin of each DC one (`NAME cached`)."
+    out = []
+    for name, method, variant, overrides in configs:
+        twins = [(name, overrides)]
+        if pool and variant != 'plain': twins.append((f'{name} cached', {**overrides, 'dc_teacher_pool': pool}))
+        for n, o in twins:
+            if train_seeds is None: out.append((n, method, variant, o)); continue
+            out += [(f'{n} s{s}', method, variant, {**o, 'seed': int(s)}) for s in train_seeds.split(',')]
+    return out
+
+
 def text_encoder_training(cfg) -> str:
     "What of the text encoder trains, in words (a column of the table)."
     if cfg.train_identifier_embedding: return f'identifier row, {cfg.text_encoder_lr_scale:g}x lr'
@@ -50,7 +70,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('configs', nargs='+', help="NAME:VARIANT:JSON or NAME:METHOD:VARIANT:JSON (TrainConfig overrides)")
     p.add_argument('--concept', default='heart_emblem')
-    p.add_argument('--preset', default='miniworld')
+    p.add_argument('--study', '--preset', dest='study', default='miniworld', help='shipped study name or study file')
     p.add_argument('--n-per-class', type=int, default=16)
     p.add_argument('--n-t', type=int, default=10, help='timesteps per image of the one-stage classifier')
     p.add_argument('--seeds', default='0', help='comma-separated classifier noise seeds')
@@ -58,19 +78,21 @@ def main(argv=None):
     p.add_argument('--run-dir', default=str(home_dir() / 'runs' / 'dc_sweep'))
     p.add_argument('--out', default='dc_sweep.csv')
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--train-seeds', default=None, help='comma-separated training seeds: every configuration once per seed')
+    p.add_argument('--dc-teacher-pool', type=int, default=0,
+                   help='also run every DC configuration with the cached teacher of this many samples (0: no)')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    preset, run_dir = get_preset(a.preset), Path(a.run_dir)
-    base = load_base(preset)
-    concept = study_concept(preset, a.concept, run_dir)
+    study, run_dir = load_study(a.study), Path(a.run_dir)
+    base = load_base(study)
+    concept = study_concept(study, a.concept, run_dir)
     clip = load_miniworld_clip()
-    settings = GenerationSettings(**preset.generation)
+    settings = study.generation_settings()
     config = ClassifierConfig(to_keep=(1,), n_samples=(a.n_t,))
     seeds = [int(s) for s in a.seeds.split(',')]
-    for text in a.configs:
-        name, method, variant, overrides = parse_config(text)
+    for name, method, variant, overrides in expand_configs([parse_config(t) for t in a.configs], a.train_seeds, a.dc_teacher_pool):
         t0 = time.time()
-        cfg = train_config(preset, method, variant, **overrides)
+        cfg = train_config(study, method, variant, **overrides)
         run = customize(base, concept, cfg, out_dir=run_dir / 'models' / f'{method}-{variant}-{cfg.key()}')
         model = load_customized(base, run)
         info = json.loads((run / 'run.json').read_text())
@@ -91,6 +113,7 @@ def main(argv=None):
                              max_steps=cfg.max_steps, text_encoder=text_encoder_training(cfg),
                              dc_latents=cfg.dc_latents if cfg.uses_dc else None, dc_n_reg=cfg.dc_n_reg if cfg.uses_dc else None,
                              dc_prompts=cfg.dc_prompts if cfg.uses_dc else None, seed=cfg.seed,
+                             dc_teacher_pool=cfg.dc_teacher_pool if cfg.uses_dc else None,
                              overrides=json.dumps(overrides), seconds=time.time() - t0))
         df = pd.DataFrame(rows)
         out = Path(a.out)   # appended by column name (older rows may lack newer columns), written atomically
