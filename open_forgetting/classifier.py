@@ -290,14 +290,15 @@ _BATCH_MEMO: dict[str, int] = {}
 @torch.inference_mode()
 def auto_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
                     dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
-                    measure: bool = True) -> int:
-    "The UNet batch size with the most samples per second on this device, measured once per (device, threads, UNet config, shapes) and cached; 32 if unmeasured."
+                    measure: bool = True, refresh: bool = False) -> int:
+    "The UNet batch size with the most samples per second on this device, measured once per (device, threads, UNet config, shapes) and cached (`refresh`: measure again); 32 if unmeasured."
     dev = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
     key = stable_hash(dict(v=1, device=dev, threads=torch.get_num_threads(), unet=getattr(unet, 'config', type(unet).__name__),
                            latent=list(latent_shape), text=list(text_shape), dtype=str(dtype)))
     path = cache_dir('classifier-batch') / f'{key}.json'
-    if key in _BATCH_MEMO: return _BATCH_MEMO[key]
-    with contextlib.suppress(Exception): _BATCH_MEMO[key] = int(load_json(path)['batch_size']); return _BATCH_MEMO[key]
+    if key in _BATCH_MEMO and not refresh: return _BATCH_MEMO[key]
+    if not refresh:
+        with contextlib.suppress(Exception): _BATCH_MEMO[key] = int(load_json(path)['batch_size']); return _BATCH_MEMO[key]
     if not measure: return _DEFAULT_BATCH
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     best, best_rate, rates = _DEFAULT_BATCH, 0.0, {}
