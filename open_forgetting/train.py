@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #d4477c0a
 from __future__ import annotations
-import copy, csv, dataclasses, hashlib, importlib, json, math, numbers, random, shutil, time, warnings
+import copy, csv, dataclasses, hashlib, importlib, json, math, numbers, os, random, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,8 +30,8 @@ __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT
            'load_concept', 'load_instance_images', 'TrainConfig', 'CustomizationMethod', 'register_method',
            'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion',
            'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
-           'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'Trainer', 'default_run_dir',
-           'customize', 'load_customized']
+           'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity', 'run_identity', 'identity_diff',
+           'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -177,7 +177,7 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     use_8bit_adam: bool = False            # bitsandbytes AdamW8bit (GPU only)
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = 'no'            # 'no', 'fp16' or 'bf16' (accelerate)
+    mixed_precision: str | None = None     # 'no', 'fp16', 'bf16'; None: the launcher's (`accelerate launch --mixed_precision`), else 'no'
     gradient_checkpointing: bool = False
     seed: int = 0
     device: str | None = None              # None: cuda > mps > cpu
@@ -226,8 +226,8 @@ class TrainConfig:
     def __post_init__(self):
         _check_field_types(self)
         _check_ranges(self)
-        if self.mixed_precision not in ('no', 'fp16', 'bf16'):
-            raise ValueError(f"mixed_precision={self.mixed_precision!r}; use 'no', 'fp16' or 'bf16'.")
+        if self.mixed_precision not in (None, 'no', 'fp16', 'bf16'):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}; use 'no', 'fp16', 'bf16' or None (the launcher's).")
         if self.dc_prompts not in REG_PROMPT_SOURCES: raise ValueError(f"dc_prompts={self.dc_prompts!r}; use one of {REG_PROMPT_SOURCES}.")
         if self.dc_latents not in REG_LATENT_SOURCES: raise ValueError(f"dc_latents={self.dc_latents!r}; use one of {REG_LATENT_SOURCES}.")
         _check_variant(self)
@@ -244,11 +244,19 @@ class TrainConfig:
         if self.checkpoint_every == 0: return None
         return self.checkpoint_every or max(1, min(100, math.ceil(self.max_steps / 10)))
 
+    @property
+    def effective_mixed_precision(self) -> str:
+        "`mixed_precision`, else (None) what accelerate's launcher set (`ACCELERATE_MIXED_PRECISION`), else 'no'."
+        mp = self.mixed_precision or os.environ.get('ACCELERATE_MIXED_PRECISION', 'no')
+        if mp not in ('no', 'fp16', 'bf16'): raise ValueError(f"The launcher's mixed precision {mp!r} is not supported; use 'no', 'fp16' or 'bf16'.")
+        return mp
+
     def to_dict(self) -> dict: return asdict(self)
 
     def identity(self) -> dict:
         "The settings that change the trained result, by name: not the engineering ones (progress, checkpoints, validation, device); DC's only with DC on, the DC prompt file by its content's SHA-256 (not its path)."
         d = {k: v for k, v in asdict(self).items() if k not in _ENGINEERING_FIELDS}
+        d['mixed_precision'] = self.effective_mixed_precision
         if not self.uses_dc:
             for k in [k for k in d if k.startswith('dc_')]: del d[k]
         elif self.dc_prompts == 'generic' or self.dc_latents == 'replay':
@@ -600,7 +608,7 @@ TRAINED_FILE, RUN_FILE, HISTORY_FILE = 'trained.safetensors', 'run.json', 'histo
 def _make_accelerator(config: TrainConfig, device: torch.device):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
-    kw = dict(mixed_precision=config.mixed_precision, cpu=device.type == 'cpu')
+    kw = dict(mixed_precision=config.effective_mixed_precision, cpu=device.type == 'cpu')
     try: return Accelerator(**kw)
     except ValueError:
         # a notebook or benchmark running several configs in one (non-distributed) process: start accelerate afresh
@@ -623,6 +631,21 @@ def _set_rng_state(generator: torch.Generator, d: dict, meta: dict) -> None:
     n = meta['numpy']
     np.random.set_state((n[0], d['numpy_keys'].numpy().astype(np.uint32), n[1], n[2], n[3]))
     py = meta['python']; random.setstate((py[0], tuple(py[1]), py[2]))
+
+def save_rank_rng(folder: Path, rank: int, generator: torch.Generator) -> Path:
+    "Write this process's random state (its data generator, torch/CUDA, NumPy, Python) to `folder/rng_rank<rank>.pt`."
+    d, meta = _rng_state(generator)
+    path = Path(folder) / f'rng_rank{rank}.pt'
+    torch.save(dict(**d, meta=json.dumps(meta)), path)
+    return path
+
+def load_rank_rng(folder: Path, rank: int, generator: torch.Generator) -> bool:
+    "Restore the random state `save_rank_rng` wrote for `rank` (each process its own); False when the checkpoint has none for it."
+    path = Path(folder) / f'rng_rank{rank}.pt'
+    if not path.exists(): return False
+    d = torch.load(path, weights_only=True)
+    _set_rng_state(generator, d, json.loads(d['meta']))
+    return True
 
 # %% ../nbs/05_train.ipynb #c8279fc7
 def build_student(base: Components, method: CustomizationMethod, concept: ConceptSpec, seed: int) -> Components:
@@ -685,7 +708,8 @@ class Trainer:
         if self.base.unet.device.type != self.device.type:
             warnings.warn(f"The base model is on {self.base.unet.device} but training runs on {self.device}: instance/class latents "
                           f"and class images are computed on {self.base.unet.device} (slow for SD). Move it first: base.to('{self.device.type}').")
-        self.weight_dtype = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[c.mixed_precision]
+        self.weight_dtype = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[acc.mixed_precision]
+        self.rank = acc.process_index
         self.resolution = c.resolution or self.base.resolution
         torch.manual_seed(c.seed)
         self.generator = torch_generator(c.seed + acc.process_index)   # each GPU draws its own data and noise
@@ -925,32 +949,45 @@ class Trainer:
         dirs = self.checkpoint_dirs(); return dirs[-1] if dirs else None
 
     def save_checkpoint(self) -> Path:
-        "Save trainable parameters, optimizer, RNG states and history (atomically: a checkpoint is complete or absent)."
-        state = self.method.trained_state(self.student)
-        if not all(torch.isfinite(v).all() for v in state.values()):
-            raise NonFiniteLossError(f"Trainable parameters are not finite at step {self.step}; not checkpointing. "
-                                     f"Last good checkpoint: {self.latest_checkpoint()}.")
+        "Save trainable parameters, optimizer, history and every process's own RNG state (atomically: a checkpoint is complete or absent). Call it on every process."
+        acc = self.accelerator
         final = self.run_dir / 'checkpoints' / f'step_{self.step:06d}'
-        tmp = final.with_name(final.name + '.tmp'); shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-        save_file({k: v.cpu() for k, v in state.items()}, tmp / 'trainable.safetensors')
-        rng, meta = _rng_state(self.generator)
-        torch.save(dict(optimizer=self.optimizer.state_dict(), **rng), tmp / 'optimizer_rng.pt')
-        atomic_save_json(dict(step=self.step, identity_key=self.identity_key, history=self.history, **meta), tmp / 'state.json')
-        shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
-        for old in self.checkpoint_dirs()[:-max(1, self.config.keep_checkpoints)]: shutil.rmtree(old)
+        tmp = final.with_name(final.name + '.tmp')
+        if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        save_rank_rng(tmp, self.rank, self.generator)          # each process its own generator (seeded seed + rank)
+        acc.wait_for_everyone()
+        if acc.is_main_process: self._write_checkpoint(tmp, final)
+        acc.wait_for_everyone()
         return final
 
+    def _write_checkpoint(self, tmp: Path, final: Path) -> None:
+        "The main process's part of a checkpoint: parameters, optimizer, state.json; then the atomic rename and pruning."
+        state = self.method.trained_state(self.student)
+        if not all(torch.isfinite(v).all() for v in state.values()):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise NonFiniteLossError(f"Trainable parameters are not finite at step {self.step}; not checkpointing. "
+                                     f"Last good checkpoint: {self.latest_checkpoint()}.")
+        save_file({k: v.cpu() for k, v in state.items()}, tmp / 'trainable.safetensors')
+        torch.save(dict(optimizer=self.optimizer.state_dict()), tmp / 'optimizer.pt')
+        atomic_save_json(dict(step=self.step, identity_key=self.identity_key, history=self.history,
+                              n_processes=self.accelerator.num_processes), tmp / 'state.json')
+        shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
+        for old in self.checkpoint_dirs()[:-max(1, self.config.keep_checkpoints)]: shutil.rmtree(old)
+
     def load_checkpoint(self, path: str | Path) -> None:
-        "Restore the state saved by `save_checkpoint` (the run continues exactly where it stopped)."
+        "Restore the state saved by `save_checkpoint`, each process its own random state (the run continues exactly where it stopped)."
         path = Path(path); meta = load_json(path / 'state.json')
         if meta.get('identity_key') != self.identity_key:
             raise ValueError(f"Checkpoint {path} was written by a different run (other settings, concept images or base model); "
                              "use another out_dir or delete its checkpoints folder.")
         self.method.load_trained(self.student, load_file(path / 'trainable.safetensors'))
-        d = torch.load(path / 'optimizer_rng.pt', weights_only=True)
-        self.optimizer.load_state_dict(d['optimizer'])
-        _set_rng_state(self.generator, d, meta)
+        self.optimizer.load_state_dict(torch.load(path / 'optimizer.pt', weights_only=True)['optimizer'])
         self.step, self.history = meta['step'], meta['history']
+        if not load_rank_rng(path, self.rank, self.generator):
+            warnings.warn(f"Checkpoint {path} holds no random state for process {self.rank} (it was written by "
+                          f"{meta.get('n_processes')} process(es)); this process continues with a fresh generator.")
+            self.generator.manual_seed(int(stable_hash([self.config.seed, self.rank, self.step], 15), 16))
 
     # ---- validation images
     @torch.no_grad()
@@ -981,7 +1018,7 @@ class Trainer:
             out = self.train_step()
             bar.update(1); bar.set_postfix({k: f'{v:.4f}' for k, v in out.items() if k != 'step'})
             every = c.checkpoint_interval
-            if every and self.step % every == 0 and self.step < c.max_steps: self._on_main(self.save_checkpoint)
+            if every and self.step % every == 0 and self.step < c.max_steps: self.save_checkpoint()
             if c.validation_every and self.step % c.validation_every == 0: self._on_main(self.validate)
         bar.close()
         self._on_main(self.save)

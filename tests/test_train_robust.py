@@ -270,3 +270,33 @@ def test_resume_with_a_cached_teacher_is_bitwise(small, concept, prompt_file, tm
     with pytest.raises(_Stop): customize(small, concept, c, tmp_path / 'resumed')
     monkeypatch.setattr(Trainer, 'train_step', real)
     assert _same_weights(full, customize(small, concept, c, tmp_path / 'resumed'))
+
+
+# ---- issue 19: each process resumes its own random state; the launcher's mixed precision is honoured
+def test_each_process_restores_its_own_random_state(small, concept, prompt_file, tmp_path):
+    from open_forgetting.core import torch_generator
+    c = cfg('lora', 'dc', prompt_file, max_steps=10)
+    tr = Trainer(small, concept, c, tmp_path)
+    tr.rank, tr.generator = 1, torch_generator(c.seed + 1)          # as process 1 of two
+    tr.train_step()
+    ckpt = tr.save_checkpoint()
+    assert sorted(p.name for p in ckpt.glob('rng_rank*.pt')) == ['rng_rank1.pt']
+    expected = torch.randn(4, generator=tr.generator)
+    again = Trainer(small, concept, c, tmp_path); again.rank = 1
+    again.load_checkpoint(ckpt)
+    assert torch.equal(torch.randn(4, generator=again.generator), expected) and again.step == 1
+    rank0 = Trainer(small, concept, c, tmp_path)
+    with pytest.warns(UserWarning, match='no random state for process 0'): rank0.load_checkpoint(ckpt)
+    assert not torch.equal(torch.randn(4, generator=rank0.generator), expected)
+
+def test_the_launchers_mixed_precision_is_honoured(small, concept, prompt_file, tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+    monkeypatch.setenv('ACCELERATE_MIXED_PRECISION', 'bf16')                # what `accelerate launch --mixed_precision bf16` sets
+    try:
+        c = cfg('lora', 'dc', prompt_file)
+        assert c.mixed_precision is None and c.key() == cfg('lora', 'dc', prompt_file, mixed_precision='bf16').key()
+        tr = Trainer(small, concept, c, tmp_path / 'a')
+        assert tr.accelerator.mixed_precision == 'bf16' and next(tr.teacher.parameters()).dtype == torch.bfloat16
+        explicit = Trainer(small, concept, cfg('lora', 'dc', prompt_file, mixed_precision='no'), tmp_path / 'b')
+        assert explicit.accelerator.mixed_precision == 'no' and explicit.teacher is small.unet   # an explicit setting wins
+    finally: AcceleratorState._reset_state(True)
