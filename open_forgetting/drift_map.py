@@ -272,12 +272,14 @@ def drift_table(drift: np.ndarray, signal: np.ndarray, vocab: pd.DataFrame, n_bo
         raise ValueError(f"drift {drift.shape}, signal {signal.shape} and vocabulary ({len(vocab)} rows) do not match.")
     bd, bs = bootstrap_means(drift, n_boot, seed), bootstrap_means(signal, n_boot, seed)
     q = [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]
+    ok = signal.mean(1) > 0                  # a prompt that does nothing in the base model has no relative drift
+    rel, rlo, rhi = (np.full(len(drift), np.nan) for _ in range(3))
     with np.errstate(divide='ignore', invalid='ignore'):
-        rel, brel = drift.mean(1) / signal.mean(1), bd / bs
+        rel[ok], brel = drift.mean(1)[ok] / signal.mean(1)[ok], bd[ok] / bs[ok]
+    if ok.any(): rlo[ok], rhi[ok] = np.percentile(brel, q, 1)
     df = vocab[['concept', 'prompt']].reset_index(drop=True).assign(
         drift=drift.mean(1), drift_lo=np.percentile(bd, q[0], 1), drift_hi=np.percentile(bd, q[1], 1),
-        signal=signal.mean(1), relative=rel, relative_lo=np.percentile(brel, q[0], 1), relative_hi=np.percentile(brel, q[1], 1),
-        n_samples=drift.shape[1])
+        signal=signal.mean(1), relative=rel, relative_lo=rlo, relative_hi=rhi, n_samples=drift.shape[1])
     df['rank'] = df.relative.rank(ascending=False, method='min', na_option='bottom').astype(int)
     return df.sort_values('rank', kind='stable').reset_index(drop=True)
 

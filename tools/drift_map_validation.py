@@ -12,7 +12,7 @@ It prints and writes the Spearman rank correlation of D with the drop, per model
 bootstrap CI over classes (and a permutation p-value). The correlations do not depend on machine load; timings do.
 
     python tools/drift_map_validation.py                                  # defaults below
-    python tools/drift_map_validation.py --latents pool --t-ranges 0-1000 --n-samples 64 --sample-seeds 0,1
+    python tools/drift_map_validation.py --configs pool:0-1000 --n-samples 64 --sample-seeds 0,1 --overrides '{}'
 """
 from __future__ import annotations
 import argparse, time
@@ -29,9 +29,11 @@ def parse_args(argv=None):
     p.add_argument('--run-dir', default='', help="study run folder (default: $OPEN_FORGETTING_HOME/runs/drift-map-validation)")
     p.add_argument('--concept', default='heart_emblem')
     p.add_argument('--models', default='dreambooth:plain,dreambooth:dc', help='method:variant list')
-    p.add_argument('--latents', default='pool,own,noise')
-    p.add_argument('--t-ranges', default='0-1000,0-500,500-1000', help="timestep ranges for 'pool'/'own' ('noise' is t = T-1)")
-    p.add_argument('--n-samples', type=int, default=32)
+    p.add_argument('--configs', default='pool:0-1000,pool:0-500,pool:500-1000,own:0-1000,noise',
+                   help="z0 source:timestep range list ('noise' is z_T = ε at t = T-1)")
+    p.add_argument('--overrides', default='{"classification.seeds": [0]}',
+                   help="study overrides as JSON (default: one classifier noise seed, to fit a loaded CPU; '{}' keeps the study)")
+    p.add_argument('--n-samples', type=int, default=16)
     p.add_argument('--sample-seeds', default='0', help='drift-map sample seeds (each one a separate estimate)')
     p.add_argument('--n-boot', type=int, default=2000)
     p.add_argument('--out', default='', help='output folder (default: <run-dir>/drift_map_validation)')
@@ -99,27 +101,31 @@ def study_model(S, run_dir: Path, concept: str, method: str, variant: str):
 def main(argv=None) -> pd.DataFrame:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    import json
     from open_forgetting.core import home_dir
-    from open_forgetting.study import load_study, load_base, load_study_model
+    from open_forgetting.study import load_study, load_base
     from open_forgetting.plots import model_label
-    S = load_study(args.study)
+    S = load_study(args.study, json.loads(args.overrides) or None)
     run_dir = Path(args.run_dir) if args.run_dir else home_dir() / 'runs' / 'drift-map-validation'
     out = Path(args.out) if args.out else run_dir / 'drift_map_validation'; out.mkdir(parents=True, exist_ok=True)
     base = load_base(S)
-    ranges = [tuple(int(v) for v in r.split('-')) for r in args.t_ranges.split(',')]
+    configs = [(c.split(':')[0], tuple(int(v) for v in c.split(':')[1].split('-')) if ':' in c else (999, None))
+               for c in args.configs.split(',')]
     seeds = [int(s) for s in args.sample_seeds.split(',')]
     drops, drifts = [], []
     for spec in args.models.split(','):
         method, variant = spec.split(':'); label = model_label(method, variant)
         model = study_model(S, run_dir, args.concept, method, variant)
+        for latents, r in configs:                 # the drift maps first: minutes; the classifier: the rest
+            for s in seeds:
+                t0 = time.time(); drifts.append(class_drifts(S, base, model, label, latents, r, args.n_samples, s))
+                print(f'{label}: drift map {latents} t={r} seed {s} in {time.time() - t0:.0f} s', flush=True)
+        pd.concat(drifts).to_csv(out / 'drifts_partial.csv', index=False)
         t0 = time.time(); drops.append(class_drops(S, base, model, label)); print(f'{label}: classified in {time.time() - t0:.0f} s', flush=True)
-        for latents in args.latents.split(','):
-            for r in ([(999, None)] if latents == 'noise' else ranges):
-                for s in seeds:
-                    t0 = time.time(); drifts.append(class_drifts(S, base, model, label, latents, r, args.n_samples, s))
-                    print(f'{label}: drift map {latents} t={r} seed {s} in {time.time() - t0:.0f} s', flush=True)
+        pd.concat(drops).to_csv(out / 'drops_partial.csv', index=False)
     table = pd.concat(drifts).merge(pd.concat(drops), on=['model', 'concept'])
-    corr = correlations(table, args.n_boot).assign(concept=args.concept, n_samples=args.n_samples, study=args.study)
+    corr = correlations(table, args.n_boot).assign(concept=args.concept, n_samples=args.n_samples, study=args.study,
+                                                   overrides=args.overrides)
     table.to_csv(out / 'per_class.csv', index=False); corr.to_csv(out / 'correlations.csv', index=False)
     pd.set_option('display.width', 200)
     print(pd.concat(drops).round(1).to_string(index=False))
