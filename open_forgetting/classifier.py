@@ -447,6 +447,10 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
              config: ClassifierConfig | None = None, seed: int = 0, cache: bool = True, shard='auto',
              model_name: str | None = None, progress: bool = True) -> pd.DataFrame:
     "Zero-shot classify every image of `dataset` with `components` (STUDY §2), `image_group_size` images at a time; one row per image, cached per image (verified on read)."
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (the classifier's noise seed), got {seed!r}.")
+    if config is not None and not isinstance(config, ClassifierConfig):
+        raise TypeError(f"config must be a ClassifierConfig (e.g. schedule_for('cifar10')), got {type(config).__name__}.")
     ds = as_classification_dataset(dataset)
     prompts = validate_prompts(prompts) if isinstance(prompts, pd.DataFrame) else load_prompts(prompts or ds.name)
     config = config or schedule_for(ds.name)

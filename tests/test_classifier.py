@@ -405,6 +405,11 @@ def test_bad_inputs(model):
     with pytest.raises(ValueError, match='non-increasing'): ClassifierConfig(to_keep=(1, 2, 1), n_samples=(3, 6, 9))
     with pytest.raises(ValueError, match='No schedule'): schedule_for('mnist')
     with pytest.raises(TypeError, match='PIL images'): preprocess_image(np.zeros((3, 4, 4)), 8)
+    for bad in ('abc', -1, 1.5):
+        with pytest.raises(ValueError, match='seed'): classify(model, Blobs(2), PROMPTS, SMALL, seed=bad, progress=False)
+    with pytest.raises(TypeError, match='ClassifierConfig'): classify(model, Blobs(2), PROMPTS, dict(to_keep=(1,)), progress=False)
+    with pytest.raises(ValueError, match='batch_size'): ClassifierConfig(batch_size='abc')
+    with pytest.raises(ValueError, match='n_samples'): ClassifierConfig(to_keep=(1,), n_samples=('x',))
 
 
 def test_preprocess_equals_reference_transform():
