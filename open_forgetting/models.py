@@ -199,6 +199,7 @@ def tiny_components(seed: int = 0, sample_size: int = 16, channels: Sequence[int
                             up_block_types=('UpDecoderBlock2D',) * len(channels), norm_num_groups=norm_num_groups,
                             sample_size=sample_size * 2 ** (len(channels) - 1), scaling_factor=latent_scale)
     finally: g.__exit__(None, None, None)
+    text_encoder.config.architectures = ['CLIPTextModel']   # what save_pretrained writes: saving must not change the fingerprint
     return Components(unet, vae, text_encoder, tokenizer, sd_scheduler(prediction_type), source=f'tiny_components(seed={seed})').eval()
 
 # %% ../nbs/01_models.ipynb #16caa257
@@ -256,7 +257,8 @@ def _check_folder(path: Path) -> None:
 
 def _components_from(unet, vae, text_encoder, tokenizer, scheduler, src: str, device, dtype, vae_dtype) -> Components:
     comps = Components(unet, vae, text_encoder, tokenizer, DDPMScheduler.from_config(scheduler.config), source=src)
-    comps.unet.to(device, dtype); comps.text_encoder.to(device, dtype); comps.vae.to(device, vae_dtype)
+    for m, dt in ((comps.unet, dtype), (comps.text_encoder, dtype), (comps.vae, vae_dtype)):
+        m.to(device) if m.dtype == dt else m.to(device, dt)
     return comps.eval()
 
 def load_single_file(path: str | Path, config: str | Path | None = None, dtype: str | torch.dtype | None = None,
