@@ -124,7 +124,8 @@ def _kind_ok(value, kind: str) -> bool:
 def _check_field_types(config) -> None:
     "TypeError naming the field, its bad value and an example, for a TrainConfig value of the wrong type (ints accepted for floats)."
     for f in dataclasses.fields(config):
-        value, kinds = getattr(config, f.name), [k.strip() for k in str(f.type).split('|')]
+        kind_text = f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type))   # str without `annotations`
+        value, kinds = getattr(config, f.name), [k.strip() for k in kind_text.split('|')]
         if value is None and 'None' in kinds: continue
         kind = kinds[0]
         if not _kind_ok(value, kind):
