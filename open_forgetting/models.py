@@ -278,7 +278,7 @@ def load_single_file(path: str | Path, config: str | Path | None = None, dtype: 
         pipe = StableDiffusionPipeline.from_single_file(str(path), config=None if config is None else str(config),
                                                         local_files_only=_offline() or config is not None,
                                                         safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:   # diffusers' SingleFileComponentError, OSError, shape errors: one message naming file and config
         raise ModelNotAvailableError(f"Could not load the single-file checkpoint {str(path)!r} with config {str(config)!r}: "
                                      f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. The config folder must be the "
                                      "same architecture as the checkpoint (a checkpoint for SD 1.x needs an SD 1.x config).") from e

@@ -15,6 +15,94 @@ from open_forgetting.train import customize, load_concept, load_customized, vari
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning', 'ignore::FutureWarning')
 
+# ---- a tiny model written in the original single-file layout (the inverse of diffusers' own conversion, written here)
+import re
+
+_RESNET = (('norm1', 'in_layers.0'), ('conv1', 'in_layers.2'), ('norm2', 'out_layers.0'), ('conv2', 'out_layers.3'),
+           ('time_emb_proj', 'emb_layers.1'), ('conv_shortcut', 'skip_connection'))
+_VAE_ATTN = (('group_norm', 'norm'), ('to_q', 'q'), ('to_k', 'k'), ('to_v', 'v'), ('to_out.0', 'proj_out'))
+
+
+def _sub(rest, table):
+    for new, old in table:
+        if rest.startswith(new + '.'): return old + rest[len(new):]
+    return rest
+
+
+def _unet_key(k, L, fixed):
+    "The original (CompVis) name of a diffusers UNet key, for `layers_per_block` L."
+    if k in fixed: return fixed[k]
+    m = re.match(r'down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)', k)
+    if m:
+        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        return f'input_blocks.{b * (L + 1) + j + 1}.' + ('0.' + _sub(rest, _RESNET) if kind == 'resnets' else '1.' + rest)
+    m = re.match(r'down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)', k)
+    if m: return f'input_blocks.{(int(m[1]) + 1) * (L + 1)}.0.op.{m[2]}'
+    m = re.match(r'mid_block\.(resnets|attentions)\.(\d+)\.(.*)', k)
+    if m: return (f'middle_block.{2 * int(m[2])}.' + _sub(m[3], _RESNET)) if m[1] == 'resnets' else f'middle_block.1.{m[3]}'
+    m = re.match(r'up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)', k)
+    if m:
+        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        return f'output_blocks.{b * (L + 1) + j}.' + ('0.' + _sub(rest, _RESNET) if kind == 'resnets' else '1.' + rest)
+    raise KeyError(k)
+
+
+def _vae_key(k, n, fixed, has_attn):
+    if k in fixed: return fixed[k]
+    m = re.match(r'(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)', k)
+    if m: return f'{m[1]}.mid.block_{int(m[2]) + 1}.{m[3].replace("conv_shortcut", "nin_shortcut")}'
+    m = re.match(r'(encoder|decoder)\.mid_block\.attentions\.0\.(.*)', k)
+    if m: return f'{m[1]}.mid.attn_1.{_sub(m[2], _VAE_ATTN)}'
+    m = re.match(r'encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)', k)
+    if m: return f'encoder.down.{m[1]}.block.{m[2]}.{m[3].replace("conv_shortcut", "nin_shortcut")}'
+    m = re.match(r'encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)', k)
+    if m: return f'encoder.down.{m[1]}.downsample.conv.{m[2]}'
+    m = re.match(r'decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)', k)
+    if m: return f'decoder.up.{n - 1 - int(m[1])}.block.{m[2]}.{m[3].replace("conv_shortcut", "nin_shortcut")}'
+    m = re.match(r'decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)', k)
+    if m: return f'decoder.up.{n - 1 - int(m[1])}.upsample.conv.{m[2]}'
+    raise KeyError(k)
+
+
+def original_layout(comps):
+    "The model's weights under the original Stable Diffusion (CompVis / A1111 single-file) names; written here, read by diffusers."
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+    out = {}
+    L, unet_fixed = comps.unet.config.layers_per_block, DIFFUSERS_TO_LDM_MAPPING['unet']['layers']
+    up_attn = {int(k.split('.')[1]) for k in comps.unet.state_dict() if k.startswith('up_blocks.') and '.attentions.' in k}
+    for k, v in comps.unet.state_dict().items():
+        m = re.match(r'up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)', k)
+        ldm = (f'output_blocks.{int(m[1]) * (L + 1) + L}.{2 if int(m[1]) in up_attn else 1}.conv.{m[2]}' if m
+               else _unet_key(k, L, unet_fixed))
+        out['model.diffusion_model.' + ldm] = v
+    n, vae_fixed = len(comps.vae.config.block_out_channels), DIFFUSERS_TO_LDM_MAPPING['vae']
+    for k, v in comps.vae.state_dict().items():
+        ldm = _vae_key(k, n, vae_fixed, True)
+        out['first_stage_model.' + ldm] = v[:, :, None, None] if '.mid.attn_1.' in ldm and ldm.endswith('weight') and v.ndim == 2 else v
+    for k, v in comps.text_encoder.state_dict().items():
+        out['cond_stage_model.transformer.' + (k if k.startswith('text_model.') else 'text_model.' + k)] = v
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def test_single_file_checkpoint_loads_through_diffusers(small, tmp_path):
+    "Original-layout names written by `original_layout`, read by diffusers' from_single_file with the base folder's configs."
+    from open_forgetting.models import load_components
+    base_dir = save_components(small, tmp_path / 'base')
+    save_file(original_layout(small), str(tmp_path / 'tiny.safetensors'))
+    assert spec_kind(tmp_path / 'tiny.safetensors') == 'single_file'
+    back = load_components(tmp_path / 'tiny.safetensors', config=base_dir, device='cpu', dtype='fp32')
+    for part in ('unet', 'vae', 'text_encoder'):
+        a, b = getattr(small, part).state_dict(), getattr(back, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert back.fingerprint() == small.fingerprint()
+    based = load_components(base_dir, device='cpu', dtype='fp32')          # load_tuned reads the configs from the base's folder
+    assert load_tuned(based, tmp_path / 'tiny.safetensors').fingerprint() == small.fingerprint()
+    with pytest.raises(ModelNotAvailableError, match='config='):
+        load_tuned(small, tmp_path / 'tiny.safetensors')                   # offline, no folder to read the architecture from
+    other = save_components(tiny_components(seed=0, channels=(16, 32), text_dim=32, norm_num_groups=4), tmp_path / 'other')
+    with pytest.raises(ModelNotAvailableError, match='same architecture'):
+        load_components(tmp_path / 'tiny.safetensors', config=other, device='cpu')
+
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory, small):
