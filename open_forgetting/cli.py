@@ -57,8 +57,8 @@ def study_jobs(args, study, experiments: list[str]) -> list:
             for v in variants: check_cell(study, None, c, m, v)
     ref = args.study if not Path(args.study).expanduser().is_file() else str(Path(args.study).expanduser().resolve())
     params = {**parse_overrides(getattr(args, 'param', [])), 'study': ref, 'overrides': overrides}
-    return plan_jobs(concepts, methods, variants, experiments, parameters=params,
-                     identity={'study': study.fingerprint()})
+    return plan_jobs(concepts, methods, variants, experiments, parameters=params,   # the study's content keys the markers,
+                     identity={'study': study.fingerprint()}, unkeyed=['study'])  # not where its file lies
 
 def run_command(args) -> int:
     "Plan, shard and execute the study grid; print a summary; nonzero exit when a notebook failed."
@@ -87,9 +87,11 @@ def _study_without_paths(args):
 
 def status_command(args) -> int:
     "One screen: every job of a run folder, done / running / failed / pending, with the error's last line."
-    from open_forgetting.runner import run_status, format_status
+    import contextlib
+    from open_forgetting.runner import run_status, format_status, merge_job_tables
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir(): raise ValueError(f"run folder {str(run_dir)!r} does not exist (give the --run-dir of `open-forgetting run`).")
+    with contextlib.suppress(FileNotFoundError): merge_job_tables(run_dir)   # the shards' tables, merged atomically
     print(format_status(run_status(run_dir)))
     return 0
 
