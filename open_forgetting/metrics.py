@@ -324,7 +324,9 @@ def kid_interval(a: ImageSet | Tensor, b: ImageSet | Tensor, feature: torch.nn.M
     ma, mb = max(2, round(fraction * na)), max(2, round(fraction * nb))
     ia = torch.stack([torch.randperm(na, generator=g)[:ma] for _ in range(subsets)])
     ib = torch.stack([torch.randperm(nb, generator=g)[:mb] for _ in range(subsets)])
-    sub = _mmd2_from_kernels(kxx[ia[:, :, None], ia[:, None, :]], kyy[ib[:, :, None], ib[:, None, :]], kxy[ia[:, :, None], ib[:, None, :]])
+    step = max(1, int(1e7 // (ma * ma + mb * mb + ma * mb)))          # subsets per batch: about 80 MB of float64 kernels
+    sub = torch.cat([_mmd2_from_kernels(kxx[a[:, :, None], a[:, None, :]], kyy[b[:, :, None], b[:, None, :]], kxy[a[:, :, None], b[:, None, :]])
+                     for a, b in zip(ia.split(step), ib.split(step))])
     f = (ma * mb / (ma + mb)) / (na * nb / (na + nb))                 # m/n for the two-sample effective size
     scale = (f / (1 - f)) ** 0.5                                       # delete-d jackknife: Var(KID_n) = m/(n-m)·Var(KID_m - KID_n)
     dev = scale * (sub - full)
