@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #d4477c0a
 from __future__ import annotations
-import copy, csv, dataclasses, hashlib, importlib, json, math, numbers, os, random, shutil, time, warnings
+import copy, csv, dataclasses, hashlib, importlib, json, math, numbers, os, random, re, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -943,8 +943,24 @@ class Trainer:
 
     # ---- checkpoints
     def checkpoint_dirs(self) -> list[Path]:
+        "Complete checkpoints `checkpoints/step_NNNNNN`, oldest first (not one still being written, nor one set aside)."
         d = self.run_dir / 'checkpoints'
-        return sorted(p for p in d.glob('step_*') if (p / 'state.json').exists()) if d.exists() else []
+        if not d.exists(): return []
+        return sorted(p for p in d.glob('step_*') if re.fullmatch(r'step_\d+', p.name) and (p / 'state.json').exists())
+
+    def _checkpoint_intact(self, path: Path) -> bool:
+        "Do a checkpoint's files match the SHA-256 sums its state.json recorded? A damaged checkpoint is set aside with a warning naming it."
+        try: sums = load_json(path / 'state.json')['sha256']
+        except (ValueError, KeyError, UnicodeDecodeError): sums = None
+        ok = sums is not None and all((path / n).is_file() and file_sha256(path / n) == h for n, h in sums.items())
+        if not ok: quarantine(path, 'a file of it is missing, truncated or altered (SHA-256 mismatch)')
+        return ok
+
+    def resume_point(self) -> Path | None:
+        "The newest intact checkpoint (damaged newer ones are set aside), or None: where `run` resumes."
+        for p in reversed(self.checkpoint_dirs()):
+            if self._checkpoint_intact(p): return p
+        return None
 
     def latest_checkpoint(self) -> Path | None:
         dirs = self.checkpoint_dirs(); return dirs[-1] if dirs else None
@@ -971,7 +987,8 @@ class Trainer:
                                      f"Last good checkpoint: {self.latest_checkpoint()}.")
         save_file({k: v.cpu() for k, v in state.items()}, tmp / 'trainable.safetensors')
         torch.save(dict(optimizer=self.optimizer.state_dict()), tmp / 'optimizer.pt')
-        atomic_save_json(dict(step=self.step, identity_key=self.identity_key, history=self.history,
+        sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}     # parameters, optimizer, every process's RNG
+        atomic_save_json(dict(step=self.step, identity_key=self.identity_key, history=self.history, sha256=sums,
                               n_processes=self.accelerator.num_processes), tmp / 'state.json')
         shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
         for old in self.checkpoint_dirs()[:-max(1, self.config.keep_checkpoints)]: shutil.rmtree(old)
@@ -1010,7 +1027,7 @@ class Trainer:
     def run(self) -> Path:
         "Train to `max_steps` (resuming from the latest checkpoint), then save the trained parameters and run.json."
         c = self.config
-        last = self.latest_checkpoint()
+        with self.accelerator.main_process_first(): last = self.resume_point()   # the main process sets damaged ones aside
         if last is not None: self.load_checkpoint(last)
         else: self.method.on_train_start(self)
         bar = tqdm(total=c.max_steps, initial=self.step, desc=f'{c.method}/{c.variant} {self.concept.name}',

@@ -300,3 +300,38 @@ def test_the_launchers_mixed_precision_is_honoured(small, concept, prompt_file, 
         explicit = Trainer(small, concept, cfg('lora', 'dc', prompt_file, mixed_precision='no'), tmp_path / 'b')
         assert explicit.accelerator.mixed_precision == 'no' and explicit.teacher is small.unet   # an explicit setting wins
     finally: AcceleratorState._reset_state(True)
+
+
+# ---- issue 20: damaged checkpoints, replay sets and run.json are detected too
+def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumed(small, concept, prompt_file, tmp_path, monkeypatch):
+    c = cfg('lora', 'dc', prompt_file, max_steps=10, checkpoint_every=2, keep_checkpoints=2)
+    full = customize(small, concept, c, tmp_path / 'full')
+    real = Trainer.train_step
+    monkeypatch.setattr(Trainer, 'train_step', lambda self: (_ for _ in ()).throw(_Stop) if self.step == 7 else real(self))
+    with pytest.raises(_Stop): customize(small, concept, c, tmp_path / 'resumed')
+    ckpts = tmp_path / 'resumed' / 'checkpoints'
+    assert sorted(p.name for p in ckpts.iterdir()) == ['step_000004', 'step_000006']
+    _flip_byte(ckpts / 'step_000006' / 'trainable.safetensors')
+    monkeypatch.setattr(Trainer, 'train_step', real)
+    started = []
+    monkeypatch.setattr(Trainer, 'load_checkpoint', lambda self, p, _r=Trainer.load_checkpoint: started.append(p.name) or _r(self, p))
+    with pytest.warns(UserWarning, match='step_000006 is damaged'): resumed = customize(small, concept, c, tmp_path / 'resumed')
+    assert started == ['step_000004'] and _same_weights(full, resumed)
+
+def test_damaged_replay_set_is_recomputed(small):
+    from open_forgetting.train import replay_latents
+    a, ia = replay_latents(small, ['a photo of', ''], 3, seed=5, steps=2)
+    path = next(p for p in Path(os.environ['OPEN_FORGETTING_HOME']).glob('cache/replay/*.json')
+                if json.loads(p.read_text())['seed'] == 5).with_suffix('.safetensors')
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.warns(UserWarning, match='is damaged'): b, ib = replay_latents(small, ['a photo of', ''], 3, seed=5, steps=2)
+    assert torch.equal(a, b) and torch.equal(ia, ib)
+
+def test_unreadable_run_json_is_set_aside_and_the_run_retrained(small, concept, prompt_file, tmp_path):
+    c = cfg('lora', 'plain', prompt_file)
+    run = customize(small, concept, c, tmp_path / 'run')
+    ref = {k: v.clone() for k, v in load_file(run / 'trained.safetensors').items()}
+    (run / 'run.json').write_text('{"identity": ')
+    with pytest.warns(UserWarning, match='run.json is damaged'): again = customize(small, concept, c, run)
+    new = load_file(again / 'trained.safetensors')
+    assert all(torch.equal(new[k], ref[k]) for k in ref) and json.loads((run / 'run.json').read_text())['steps'] == 2
