@@ -305,3 +305,24 @@ def test_generic_dataset_wrapper():
     class BadLabels(Custom):
         def __getitem__(self, i): return torch.zeros(3, 4, 4), 5
     with pytest.raises(ValueError, match='labels must lie'): as_classification_dataset(BadLabels())
+
+
+FAKES = {'stl10': (fake_stl10, 'test', dict(verify_checksums=False)), 'pets': (fake_pets, 'test', {}),
+         'flowers': (fake_flowers, 'test', dict(verify_checksums=False)), 'food': (fake_food, 'test', {}),
+         'aircraft': (fake_aircraft, 'test', {}), 'objectnet': (fake_objectnet, 'test', {}), 'imagenet': (fake_imagenet, 'val', {})}
+
+
+@pytest.mark.parametrize('name', sorted(FAKES))
+def test_every_dataset_has_an_identity_that_follows_its_image_files(tmp_path, name):
+    fake, split, kw = FAKES[name]
+    fake(tmp_path / 'a')
+    ident = load_classification_dataset(name, tmp_path / 'a', split, **kw).identity()
+    assert ident['name'] == name and ident['split'] == split and len(ident['source']) == 16
+    import shutil; shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+    assert load_classification_dataset(name, tmp_path / 'b', split, **kw).identity() == ident      # moved: same
+    from open_forgetting.data import DATASETS, _dataset_files
+    moved = load_classification_dataset(name, tmp_path / 'b', split, **kw)
+    files = _dataset_files(moved.base, tmp_path / 'b', DATASETS[name])                  # the files this split reads
+    victim = files[0] if name != 'stl10' else tmp_path / 'b' / 'stl10_binary' / 'test_X.bin'
+    data = bytearray(victim.read_bytes()); data[-1] ^= 1; victim.write_bytes(bytes(data))
+    assert load_classification_dataset(name, tmp_path / 'b', split, **kw).identity() != ident      # an image's bytes changed
