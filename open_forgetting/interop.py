@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from .core import atomic_save_json, load_json
+from .core import atomic_save_json, atomic_write, load_json
 from .models import (Components, ModelNotAvailableError, PICKLE_SUFFIXES, load_components, load_single_file,
                                     refuse_pickle, save_components, to_pipeline)
-from .train import TrainConfig, load_customized
+from .train import load_customized
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'NOTE_FILE', 'AdapterMismatchError', 'ArchitectureMismatchError', 'run_info', 'base_for_run',
@@ -107,7 +107,8 @@ def save_textual_inversion(components: Components, word: str, out: str | Path, t
     "Write `word`'s embedding rows as `{token: (n, D)}` in `out/learned_embeds.safetensors`, the file `pipe.load_textual_inversion` reads."
     token = token or (word if word.startswith('<') else f'<{word}>')   # diffusers adds the token: it must be new to the vocabulary
     path = Path(out) / 'learned_embeds.safetensors'; path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({token: token_embedding(components, word).contiguous()}, str(path), metadata={'token': token, 'word': word})
+    with atomic_write(path) as f:
+        f.write(safetensors_bytes({token: token_embedding(components, word).contiguous()}, metadata={'token': token, 'word': word}))
     return path
 
 # %% ../nbs/15_interop.ipynb #12c10653
