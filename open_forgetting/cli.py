@@ -9,7 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['COMMANDS', 'info', 'parse_overrides', 'study_from_args', 'study_jobs', 'run_command', 'plan_command',
-           'status_command', 'demo', 'build_parser', 'main']
+           'status_command', 'demo', 'audit_command', 'export_command', 'drift_map_command', 'build_parser',
+           'is_user_error', 'main']
 
 # %% ../nbs/99_cli.ipynb #f6ab936e
 def info() -> dict:
@@ -122,6 +123,48 @@ def demo(args=None) -> int:
     print(f"open-forgetting demo: finished in {time.time() - t0:.0f} s")
     return int(bool(status.status.isin(['failed', 'blocked']).any()))
 
+# %% ../nbs/99_cli.ipynb #c1a0d17e
+def audit_command(args) -> int:
+    "Audit a fine-tune against its base with the study's measures; prints where the report is."
+    from open_forgetting.audit import audit
+    out = audit(args.base, args.tuned, args.study, parse_overrides(args.set), concept=args.concept, instance_prompt=args.instance_prompt,
+                vocabulary=args.vocabulary, out=args.out, scale=args.scale, token=args.token)
+    print(f"open-forgetting audit: report {out / 'report.html'} (tables and report.md beside it)")
+    return 0
+
+def export_command(args) -> int:
+    "Export a finished run folder in a format diffusers loads."
+    from open_forgetting.interop import export_run
+    print(f"open-forgetting export: wrote {export_run(args.run_dir, args.to, args.format)}")
+    return 0
+
+def drift_map_command(args) -> int:
+    "Rank a vocabulary's concepts by how much the fine-tune changed them (00_method §7)."
+    from open_forgetting.drift_map import drift_map_command as run
+    table = run(args.base, args.tuned, args.vocabulary, args.out, n_samples=args.n_samples, top_k=args.top_k)
+    print(table.head(args.top_k).to_string(index=False)); print(f"open-forgetting drift-map: tables and figures in {args.out}")
+    return 0
+
+def _more_commands(sub) -> None:
+    a = sub.add_parser('audit', help='how much did a fine-tune forget? a report against its base model')
+    a.add_argument('--base', required=True, help="hub id, diffusers folder, single-file .safetensors, or 'miniworld'")
+    a.add_argument('--tuned', required=True, help='a pipeline folder, single-file .safetensors, LoRA, textual inversion, Custom Diffusion file or run folder')
+    a.add_argument('--study', default=None, help="the study whose measures to use (default: miniworld for the embedded base, else sd15)")
+    a.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override one study key; repeatable')
+    a.add_argument('--concept', default=None, help='a concept of the study: adds local drift (and fidelity with --instance-prompt)')
+    a.add_argument('--instance-prompt', default=None, help="the prompt the fine-tune learned the concept with, e.g. 'a photo of sks dog'")
+    a.add_argument('--vocabulary', default=None, help="adds the drift map: 'imagenet', 'generic', 'miniworld' or a text/CSV file")
+    a.add_argument('--scale', type=float, default=1.0, help='LoRA scale'); a.add_argument('--token', default=None, help='textual-inversion token')
+    a.add_argument('--out', default=None, help='report folder (default $OPEN_FORGETTING_HOME/audits/<time>)')
+    e = sub.add_parser('export', help='export a run folder for diffusers (pipeline folder, LoRA file, textual inversion)')
+    e.add_argument('run_dir'); e.add_argument('--to', required=True, help='output folder or file')
+    e.add_argument('--format', default='pipeline', choices=['pipeline', 'lora', 'textual_inversion'])
+    d = sub.add_parser('drift-map', help='which concepts did a fine-tune change, out of a vocabulary')
+    d.add_argument('--base', required=True); d.add_argument('--tuned', required=True)
+    d.add_argument('--vocabulary', default='imagenet', help="'imagenet', 'generic', 'miniworld', or a text/CSV file of concepts")
+    d.add_argument('--out', default='drift_map'); d.add_argument('--n-samples', type=int, default=16); d.add_argument('--top-k', type=int, default=10)
+
+
 # %% ../nbs/99_cli.ipynb #7477182a
 def _study_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument('--study', default=default, required=default is None, help='a shipped study (smoke, miniworld, miniworld-full, sd15, sd21) or a study YAML file')
@@ -154,16 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument('--no-path-check', action='store_true', help="plan a study whose folders are not on this machine")
     status = sub.add_parser('status', help='done / running / failed / pending jobs of a run folder')
     status.add_argument('run_dir', help='the --run-dir of `open-forgetting run`')
+    _more_commands(sub)
     return parser
 
 COMMANDS = {'info': lambda a: print('\n'.join(f'{k:>16}: {v}' for k, v in info().items())) or 0,
-            'run': run_command, 'plan': plan_command, 'status': status_command, 'demo': demo}
+            'run': run_command, 'plan': plan_command, 'status': status_command, 'demo': demo,
+            'audit': audit_command, 'export': export_command, 'drift-map': drift_map_command}
+
+_USER_ERRORS = ('ModelNotAvailableError', 'UnsafeWeightsError', 'DatasetNotFoundError', 'DamagedFileError')
+
+def is_user_error(e: BaseException) -> bool:
+    "Errors that describe a bad input (a study key, a path, a weight format), reported in one line rather than a traceback."
+    return isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) or type(e).__name__ in _USER_ERRORS   # StudyError is a ValueError
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `open-forgetting` command: a user error is one line on stderr (exit 2), not a traceback."
+    "Entry point of the `open-forgetting` command: a user error is one line on stderr (exit 2), not a traceback (`OPEN_FORGETTING_TRACEBACK=1` shows it)."
+    import os
     args = build_parser().parse_args(argv)
     try: return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:   # StudyError is a ValueError
+    except Exception as e:
+        if not is_user_error(e) or os.environ.get('OPEN_FORGETTING_TRACEBACK') == '1': raise
         print(f"open-forgetting {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -29,7 +29,8 @@ __all__ = ['AllOrCount', 'VARIANTS', 'ModelSection', 'DatasetEntry', 'Classifica
            'classifier_config', 'study_concept', 'generic_appearance_prompts', 'related_appearance_prompts',
            'ensure_customized', 'load_study_model', 'default_run_dir', 'paired_generations', 'classify_over_seeds',
            'concept_fidelity', 'save_table', 'SemanticDrift', 'drift_tables', 'semantic_drift', 'table1_text',
-           'cell_models', 'throughput_table', 'plan_stages', 'plan', 'format_plan', 'collect_results', 'demo_checks']
+           'cell_models', 'AppearanceDrift', 'appearance_drift', 'throughput_table', 'plan_stages', 'plan',
+           'format_plan', 'collect_results', 'demo_checks']
 
 # %% ../nbs/14_study.ipynb #a510fca7
 class _Section(BaseModel):
@@ -457,6 +458,34 @@ def cell_models(base: Components, model: Components, method: str, variant: str) 
     key = f'{method}-{variant}'
     return {'base': base, key: model}, {'base': dict(method='base', variant='none'), key: dict(method=method, variant=variant)}
 
+# %% ../nbs/14_study.ipynb #8dbbd7a4
+@dataclasses.dataclass
+class AppearanceDrift:
+    "Appearance drift of one model against the base on a prompt set, with the base-vs-base control rows (00_method §4, §6)."
+    manifest: pd.DataFrame
+    clip_i: pd.DataFrame
+    cdi: pd.DataFrame
+    kid: pd.DataFrame
+    texture: pd.DataFrame
+
+    def save(self, out_dir: str | Path, **columns) -> None:
+        "Write `manifest.csv`, `clip_i.csv`, `cdi.csv`, `kid.csv` and `texture.csv` with extra constant `columns`."
+        for name in ('manifest', 'clip_i', 'cdi', 'kid', 'texture'): save_table(getattr(self, name).assign(**columns), out_dir, name)
+
+    def summary(self) -> pd.DataFrame:
+        "Per model (the control included): mean CLIP-I, mean CDI, and KID with its interval."
+        kid = self.kid.groupby('model')[[c for c in ('kid', 'kid_lo', 'kid_hi') if c in self.kid]].mean()
+        return pd.concat([self.clip_i.groupby('model').clip_i.mean(), self.cdi.groupby('model').cdi.mean(), kid], axis=1)
+
+def appearance_drift(study: Study, base: Components, model: Components, label: str, prompts: Sequence[str],
+                     texture_by: Sequence[str] = ('model',)) -> AppearanceDrift:
+    "Paired generations of `model` and the base on `prompts` (seed set A, control set B) -> CLIP-I, CDI, KID, texture."
+    from open_forgetting.metrics import clip_image_similarity, color_drift, kid_table, texture_table
+    manifest, pairs = paired_generations(study, base, model, label, prompts)
+    encoder = load_encoder(study)
+    return AppearanceDrift(manifest, clip_image_similarity(pairs, encoder), color_drift(pairs),
+                           kid_table(pairs, study.world.kid_features(study, encoder), by=('model',)), texture_table(pairs, by=tuple(texture_by)))
+
 # %% ../nbs/14_study.ipynb #46044be2
 def throughput_table() -> pd.DataFrame:
     "UNet evaluations per second by UNet size and device, with where each figure comes from."
@@ -467,10 +496,11 @@ def _gen_evals(n_images: int, settings: GenerationSettings) -> int:
     return n_images * settings.steps * (2 if settings.guidance_scale > 1 else 1)
 
 def _training_evals(cfg) -> int:
-    "Forward-equivalents of one training run (3 per trained sample, 1 per frozen-teacher sample)."
+    "Forward-equivalents of one training run (3 per trained sample, 1 per frozen-teacher sample; a teacher pool is computed once)."
     per_step = cfg.train_batch_size * (2 if cfg.uses_prior else 1) * 3
-    if cfg.uses_dc: per_step += cfg.dc_n_reg * (3 + 1)
-    return cfg.max_steps * per_step
+    pool = getattr(cfg, 'dc_teacher_pool', 0) if cfg.uses_dc else 0
+    if cfg.uses_dc: per_step += cfg.dc_n_reg * (3 + (0 if pool else 1))
+    return cfg.max_steps * per_step + pool
 
 def plan_stages(study: Study, experiments: Sequence[str] = ('global_drift', 'local_drift', 'diversity')) -> pd.DataFrame:
     "One row per stage: grid cells, UNet evaluations and images, from the study alone (nothing is loaded but prompts)."
