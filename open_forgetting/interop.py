@@ -17,13 +17,13 @@ from .models import (Components, ModelNotAvailableError, PICKLE_SUFFIXES, load_c
 from .train import load_customized
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'NOTE_FILE', 'AdapterMismatchError', 'ArchitectureMismatchError', 'run_info', 'base_for_run',
-           'fold_hypermod', 'lora_state_dict', 'save_lora', 'fuse_unet_lora', 'trained_tokens', 'token_embedding',
-           'save_textual_inversion', 'export_run', 'spec_kind', 'check_same_architecture', 'apply_lora',
-           'apply_textual_inversion', 'apply_custom_diffusion', 'load_tuned']
+__all__ = ['EXPORT_FORMATS', 'NOTE_FILE', 'CD_WEIGHTS', 'AdapterMismatchError', 'ArchitectureMismatchError', 'run_info',
+           'base_for_run', 'fold_hypermod', 'lora_state_dict', 'save_lora', 'fuse_unet_lora', 'trained_tokens',
+           'token_embedding', 'save_textual_inversion', 'save_custom_diffusion', 'export_run', 'spec_kind',
+           'check_same_architecture', 'apply_lora', 'apply_textual_inversion', 'apply_custom_diffusion', 'load_tuned']
 
 # %% ../nbs/15_interop.ipynb #5288feac
-EXPORT_FORMATS = ('pipeline', 'lora', 'textual_inversion')
+EXPORT_FORMATS = ('pipeline', 'lora', 'textual_inversion', 'custom_diffusion')
 NOTE_FILE = 'open_forgetting_export.json'
 
 class AdapterMismatchError(ValueError):
@@ -103,13 +103,25 @@ def token_embedding(components: Components, word: str) -> torch.Tensor:
     if not ids: raise ValueError(f"{word!r} encodes to no token.")
     return components.text_encoder.get_input_embeddings().weight.detach()[ids].float().cpu().clone()
 
-def save_textual_inversion(components: Components, word: str, out: str | Path, token: str | None = None) -> Path:
+def save_textual_inversion(components: Components, word: str, out: str | Path, token: str | None = None,
+                           filename: str = 'learned_embeds.safetensors') -> Path:
     "Write `word`'s embedding rows as `{token: (n, D)}` in `out/learned_embeds.safetensors`, the file `pipe.load_textual_inversion` reads."
     token = token or (word if word.startswith('<') else f'<{word}>')   # diffusers adds the token: it must be new to the vocabulary
-    path = Path(out) / 'learned_embeds.safetensors'; path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(out) / filename; path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         f.write(safetensors_bytes({token: token_embedding(components, word).contiguous()}, metadata={'token': token, 'word': word}))
     return path
+
+CD_WEIGHTS = 'pytorch_custom_diffusion_weights.safetensors'
+
+def save_custom_diffusion(components: Components, token: str, out: str | Path) -> Path:
+    "A Custom Diffusion run as diffusers' training script leaves it: every cross-attention K/V under `<attn>.processor.to_{k,v}_custom_diffusion.weight`, and `<token>.safetensors`."
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    kv = {n.replace('.to_k.', '.processor.to_k_custom_diffusion.').replace('.to_v.', '.processor.to_v_custom_diffusion.'): p.detach().float().cpu().contiguous()
+          for n, p in components.unet.named_parameters() if '.attn2.to_k.' in n or '.attn2.to_v.' in n}
+    with atomic_write(out / CD_WEIGHTS) as f: f.write(safetensors_bytes(kv))
+    save_textual_inversion(components, token, out, token=token, filename=f'{token}.safetensors')
+    return out / CD_WEIGHTS
 
 # %% ../nbs/15_interop.ipynb #12c10653
 _NOTES = {
@@ -132,19 +144,21 @@ def _export_note(out: Path, run_dir: Path, info: dict, fmt: str, **extra) -> Non
 def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', base: Components | str | Path | None = None) -> Path:
     """Export a finished run for diffusers: 'pipeline' (a folder `StableDiffusionPipeline.from_pretrained` opens; HyperMod
     with its modulation folded into the weights), 'lora' (the file `pipe.load_lora_weights` reads) or 'textual_inversion'
-    (the trained token rows, for `pipe.load_textual_inversion`). Returns the folder or file written."""
+    (the trained token rows, for `pipe.load_textual_inversion`) or 'custom_diffusion' (K/V weights and the modifier
+    token, as diffusers' Custom Diffusion training leaves them). Returns the folder or file written."""
     if format not in EXPORT_FORMATS: raise ValueError(f"format={format!r} is unknown; use one of {EXPORT_FORMATS}.")
     run_dir, out = Path(run_dir), Path(out)
     info = run_info(run_dir)
     method = info['config']['method']
-    if format == 'lora' and method != 'lora':
-        raise ValueError(f"{str(run_dir)!r} is a {method!r} run, not a LoRA: export it with format='pipeline'.")
+    if format in ('lora', 'custom_diffusion') and method != format:
+        raise ValueError(f"{str(run_dir)!r} is a {method!r} run, not {format!r}: export it with format='pipeline'.")
     words = trained_tokens(info)
     if format == 'textual_inversion' and not words:
         raise ValueError(f"{str(run_dir)!r} ({method!r}) trains no token embedding of its own: export it with format='pipeline'.")
     tuned = load_customized(base_for_run(run_dir, base), run_dir)
     if format == 'lora': path = save_lora(tuned.unet, out)
     elif format == 'textual_inversion': path = save_textual_inversion(tuned, words[0], out)
+    elif format == 'custom_diffusion': path = save_custom_diffusion(tuned, words[0], out)
     else:
         if method == 'lora': fuse_unet_lora(tuned.unet)
         fold_hypermod(tuned.unet)
@@ -171,6 +185,8 @@ def spec_kind(spec: str | Path) -> str:
         if (path / 'model_index.json').exists() or (path / 'unet').is_dir(): return 'pipeline'
         files = sorted(path.glob('*.safetensors'))
         if len(files) == 1: return spec_kind(files[0])
+        kinds = {spec_kind(f) for f in files}
+        if 'custom_diffusion' in kinds and kinds <= {'custom_diffusion', 'textual_inversion'}: return 'custom_diffusion'
         raise ModelNotAvailableError(f"{str(path)!r} is neither a run folder, a diffusers pipeline folder nor a folder with one "
                                      f".safetensors adapter (found {[f.name for f in files]}).")
     if path.suffix == '.safetensors':
@@ -237,8 +253,15 @@ def apply_textual_inversion(base: Components, path: str | Path, token: str | Non
 
 @torch.no_grad()
 def apply_custom_diffusion(base: Components, path: str | Path) -> Components:
-    "A copy of `base` with Custom Diffusion weights (diffusers' `*.processor.to_{k,v,q,out}_custom_diffusion.*` keys) written into the attention layers."
+    "A copy of `base` with Custom Diffusion weights (diffusers' `*.processor.to_{k,v,q,out}_custom_diffusion.*` keys) written into the attention layers; a folder adds its token embeddings."
     from safetensors.torch import load_file
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob('*.safetensors'))
+        comps = apply_custom_diffusion(base, next(f for f in files if spec_kind(f) == 'custom_diffusion'))
+        for f in files:
+            if spec_kind(f) == 'textual_inversion': comps = apply_textual_inversion(comps, f)
+        return comps
     comps = _editable_copy(base, text=False)
     params = dict(comps.unet.named_parameters())
     for key, value in load_file(str(path)).items():
