@@ -29,7 +29,7 @@ def _tensor_state(t: torch.Tensor) -> tuple:
     "What identifies a tensor's current content cheaply: storage, in-place version counter, and 64 strided values."
     if t.is_inference(): raise _Uncacheable            # inference tensors keep no version counter
     flat = t.detach().reshape(-1)
-    probe = flat[torch.linspace(0, flat.numel() - 1, 64, device=flat.device).long()] if flat.numel() else flat
+    probe = flat[torch.arange(64, device=flat.device) * (flat.numel() - 1) // 63] if flat.numel() else flat   # integer steps: float32 linspace overshoots past 2**24 elements
     return (t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device), probe.float().cpu().numpy().tobytes())
 
 class _Uncacheable(Exception): pass
