@@ -85,7 +85,8 @@ class OpenClipEncoder:
                                              "pass the path of an existing file (e.g. open_clip_pytorch_model.bin or .safetensors).")
             pretrained = str(path)
         try:
-            return open_clip.create_model(model_name, pretrained=pretrained, require_pretrained=pretrained is not None)
+            # weights_only=True: a .bin/.pt checkpoint goes through torch's restricted loader (tensors only, no code runs)
+            return open_clip.create_model(model_name, pretrained=pretrained, require_pretrained=pretrained is not None, weights_only=True)
         except Exception as e:
             raise ModelNotAvailableError(
                 f"Could not load open_clip model {model_name!r} with pretrained={str(pretrained)!r}: "
