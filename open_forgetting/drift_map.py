@@ -21,12 +21,12 @@ from .losses import teacher_prediction, noised_regularization_latents, drift_cor
 from .generate import GenerationSettings, generate, load_images
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'VOCABULARIES', 'LATENT_SOURCES', 'miniworld_captions', 'read_concept_file', 'load_vocabulary',
-           'DriftMapConfig', 'resolve_pool', 'shared_noise', 'noised', 'base_latents', 'latent_shape_of',
-           'paired_inputs', 'predict_eps', 'per_sample_sq', 'record_path', 'write_record', 'read_record',
-           'empty_prediction', 'base_side', 'cache_folder', 'per_sample_drift', 'bootstrap_means', 'drift_table',
-           'drift_map', 'PerturbedPrompt', 'plot_drift_map', 'top_k_generations', 'plot_top_k_generations',
-           'load_model_pair', 'drift_map_command']
+__all__ = ['TEMPLATES', 'VOCABULARIES', 'LATENT_SOURCES', 'RANK_MEASURES', 'miniworld_captions', 'read_concept_file',
+           'load_vocabulary', 'DriftMapConfig', 'resolve_pool', 'shared_noise', 'noised', 'base_latents',
+           'latent_shape_of', 'paired_inputs', 'predict_eps', 'per_sample_sq', 'record_path', 'write_record',
+           'read_record', 'empty_prediction', 'base_side', 'cache_folder', 'per_sample_drift', 'bootstrap_means',
+           'ratio_ci', 'drift_table', 'drift_map', 'PerturbedPrompt', 'plot_drift_map', 'top_k_generations',
+           'plot_top_k_generations', 'load_model_pair', 'drift_map_command']
 
 # %% ../nbs/16_drift_map.ipynb #56770bfb
 TEMPLATES = {'imagenet': 'a photo of a {}', 'generic': '{}', 'miniworld': '{}', 'file': '{}', 'list': '{}'}
@@ -88,7 +88,7 @@ LATENT_SOURCES = ('pool', 'own', 'noise')
 
 @dataclass(frozen=True)
 class DriftMapConfig:
-    "How D(c) is estimated [ours]; every field but `batch_size`, `n_boot` and `ci` keys the base model's cache."
+    "How D(c) is estimated [ours]; every field but `batch_size`, `n_boot`, `ci` and `rank_by` keys the base model's cache."
     n_samples: int = 16                       # paired samples (z0, t, ε) per concept
     latents: str = 'pool'                     # z0: 'pool' (shared base generations), 'own' (of the concept), 'noise' (z_T = ε)
     t_min: int = 0                            # t uniform in [t_min, t_max); ignored for 'noise'
@@ -98,6 +98,7 @@ class DriftMapConfig:
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(steps=25))  # sampler of 'pool'/'own'
     batch_size: int = 64                      # UNet evaluations per call (does not change the result)
     n_boot: int = 1000                        # bootstrap resamples of the shared samples
+    rank_by: str = 'cond_relative'            # the table's rank: 'cond_relative' (D_cond/S), 'relative' (D/S) or 'drift' (D)
     ci: float = 0.95
 
     def __post_init__(self):
@@ -207,57 +208,63 @@ def _embeds(components: Components, prompts: Sequence[str], n: int) -> Tensor:
     "Each prompt's text embedding, repeated for its `n` samples (prompt-major)."
     return encode_prompts(components, list(prompts)).repeat_interleave(n, 0)
 
-def empty_prediction(base: Components, zt: Tensor, t: Tensor, config: DriftMapConfig, folder: Path | None = None) -> Tensor:
-    "ε_θ0(z_t, t, ∅) on the shared samples `zt` (n, C, h, w), cached like a prompt's record."
+def empty_prediction(model: Components, zt: Tensor, t: Tensor, config: DriftMapConfig, folder: Path | None = None,
+                     name: str = 'base') -> Tensor:
+    "ε(z_t, t, ∅) of `model` on the shared samples `zt` (n, C, h, w); cached like a prompt's record when `folder` is given."
     path = record_path(folder, '') if folder is not None else None
     rec = read_record(path, '') if path is not None else None
     if rec is not None: return rec['eps']
-    eps = predict_eps(base, zt, t, _embeds(base, [''], len(zt)), config.batch_size, 'base')
+    eps = predict_eps(model, zt, t, _embeds(model, [''], len(zt)), config.batch_size, name)
     if path is not None: write_record(path, '', {'eps': eps})
     return eps
 
 def base_side(base: Components, prompts: Sequence[str], zt: Tensor, t: Tensor, config: DriftMapConfig,
-              folder: Path | None = None, empty: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    "ε_θ0 (k, n, C, h, w) and the per-sample signal ‖ε_θ0(c) − ε_θ0(∅)‖² (k, n) of `prompts`; cached records are reused [ours]."
+              folder: Path | None = None, empty: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    "ε_θ0(c), ε_θ0(∅) (k, n, C, h, w) and the per-sample signal ‖ε_θ0(c) − ε_θ0(∅)‖² (k, n) of `prompts`; cached records are reused [ours]."
     n = zt.shape[1]
     recs = {p: read_record(record_path(folder, p), p) if folder is not None else None for p in prompts}
     todo = [i for i, p in enumerate(prompts) if recs[p] is None]
     if todo:
         z, tt = _flat(zt[todo], t)
         eps = predict_eps(base, z, tt, _embeds(base, [prompts[i] for i in todo], n), config.batch_size, 'base')
-        uncond = empty.repeat(len(todo), 1, 1, 1) if empty is not None else \
-            predict_eps(base, z, tt, _embeds(base, [''], len(z)), config.batch_size, 'base')   # 'own' latents: ∅ on each concept's z_t
+        own = empty is None                      # 'own' latents: ∅ on each concept's own z_t, kept in its record
+        uncond = predict_eps(base, z, tt, _embeds(base, [''], len(z)), config.batch_size, 'base') if own else empty.repeat(len(todo), 1, 1, 1)
         signal = per_sample_sq(eps, uncond).view(len(todo), n)
         for j, i in enumerate(todo):
-            recs[prompts[i]] = {'eps': eps[j * n:(j + 1) * n], 'signal': signal[j]}
+            recs[prompts[i]] = {'eps': eps[j * n:(j + 1) * n], 'signal': signal[j], **({'empty': uncond[j * n:(j + 1) * n]} if own else {})}
             if folder is not None: write_record(record_path(folder, prompts[i]), prompts[i], recs[prompts[i]])
-    return torch.stack([recs[p]['eps'] for p in prompts]), torch.stack([recs[p]['signal'] for p in prompts])
+    uncond = torch.stack([recs[p]['empty'] for p in prompts]) if empty is None else empty.expand(len(prompts), *empty.shape)
+    return torch.stack([recs[p]['eps'] for p in prompts]), uncond, torch.stack([recs[p]['signal'] for p in prompts])
 
 # %% ../nbs/16_drift_map.ipynb #0104aab2
 def cache_folder(base: Components, config: DriftMapConfig, fingerprint: str | None = None) -> Path:
     "`cache/drift_map/<base fingerprint>/<hash of config.key(base)>` (created)."
-    return cache_dir('drift_map', fingerprint or base.fingerprint(), stable_hash(config.key(base)))
+    return cache_dir('drift_map', fingerprint or base.fingerprint(), stable_hash([config.key(base), 'records-v2']))
 
 def per_sample_drift(base: Components, tuned: Components, prompts: Sequence[str], config: DriftMapConfig = DriftMapConfig(),
-                     cache: bool = True, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    "Per-sample D(c) = ‖ε_θ − ε_θ0‖² and base signal S(c), each (len(prompts), n), over the shared samples [ours]."
+                     cache: bool = True, progress: bool = False) -> dict[str, np.ndarray]:
+    "Per-sample arrays (len(prompts), n) over the shared samples [ours]: 'drift' ‖ε_θ(c) − ε_θ0(c)‖², 'signal' ‖ε_θ0(c) − ε_θ0(∅)‖², 'cond_drift' ‖Δε_θ(c) − Δε_θ0(c)‖² with Δε(c) = ε(c) − ε(∅)."
     from tqdm.auto import tqdm
     from open_forgetting.core import batched
     prompts, n = list(prompts), config.n_samples
     folder = cache_folder(base, config) if cache else None
     pool = base_latents(base, resolve_pool(config), [config.seed], config.generation) if config.latents == 'pool' else None
-    empty = None
-    if config.latents != 'own':
+    empty = tuned_empty = None
+    if config.latents != 'own':                  # shared latents: ∅ of each model once
         zt, t = paired_inputs(base, [''], config, pool)
-        empty = empty_prediction(base, zt[0], t, config, folder)
-    D, S = [], []
+        empty, tuned_empty = empty_prediction(base, zt[0], t, config, folder), empty_prediction(tuned, zt[0], t, config, None, 'tuned')
+    out = {'drift': [], 'signal': [], 'cond_drift': []}
     for chunk in tqdm(list(batched(prompts, max(1, config.batch_size // n))), desc='drift map', disable=not progress):
         zt, t = paired_inputs(base, chunk, config, pool)
-        eps0, signal = base_side(base, chunk, zt, t, config, folder, empty)
+        eps0, empty0, signal = base_side(base, chunk, zt, t, config, folder, empty)
         z, tt = _flat(zt, t)
         eps = predict_eps(tuned, z, tt, _embeds(tuned, chunk, n), config.batch_size, 'tuned')
-        D.append(per_sample_sq(eps, eps0.flatten(0, 1)).view(len(chunk), n)); S.append(signal)
-    return torch.cat(D).numpy().astype(np.float64), torch.cat(S).numpy().astype(np.float64)
+        empty1 = tuned_empty.repeat(len(chunk), 1, 1, 1) if tuned_empty is not None else \
+            predict_eps(tuned, z, tt, _embeds(tuned, [''], len(z)), config.batch_size, 'tuned')
+        eps0, empty0 = eps0.flatten(0, 1), empty0.flatten(0, 1)
+        out['drift'].append(per_sample_sq(eps, eps0).view(len(chunk), n)); out['signal'].append(signal)
+        out['cond_drift'].append(per_sample_sq(eps - empty1, eps0 - empty0).view(len(chunk), n))
+    return {k: torch.cat(v).numpy().astype(np.float64) for k, v in out.items()}
 
 # %% ../nbs/16_drift_map.ipynb #7d7a3c9d
 def bootstrap_means(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -265,30 +272,41 @@ def bootstrap_means(x: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndar
     idx = np.random.default_rng(seed).integers(0, x.shape[1], (n_boot, x.shape[1]))
     return np.stack([x[:, i].mean(1) for i in idx], 1)
 
-def drift_table(drift: np.ndarray, signal: np.ndarray, vocab: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95,
-                seed: int = 0) -> pd.DataFrame:
-    "One row per concept: D and its CI, the base signal S, D/S with its paired bootstrap CI, and the rank by D/S [ours]."
-    if drift.shape != signal.shape or len(drift) != len(vocab):
-        raise ValueError(f"drift {drift.shape}, signal {signal.shape} and vocabulary ({len(vocab)} rows) do not match.")
-    bd, bs = bootstrap_means(drift, n_boot, seed), bootstrap_means(signal, n_boot, seed)
+def ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[np.ndarray, ...]:
+    "(mean(num)/mean(den), lo, hi) per row with a paired bootstrap CI; NaN where the denominator is 0 (a prompt that does nothing)."
+    ok = den.mean(1) > 0
+    est, lo, hi = (np.full(len(num), np.nan) for _ in range(3))
+    if ok.any():
+        with np.errstate(divide='ignore', invalid='ignore'):
+            est[ok], b = num[ok].mean(1) / den[ok].mean(1), bootstrap_means(num[ok], n_boot, seed) / bootstrap_means(den[ok], n_boot, seed)
+        lo[ok], hi[ok] = np.percentile(b, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2], 1)
+    return est, lo, hi
+
+RANK_MEASURES = ('cond_relative', 'relative', 'drift')
+
+def drift_table(samples: dict[str, np.ndarray], vocab: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                rank_by: str = 'cond_relative') -> pd.DataFrame:
+    "One row per concept: D with its CI, the base signal S, D/S and D_cond/S with paired bootstrap CIs, the rank by `rank_by` [ours]."
+    drift, signal, cond = samples['drift'], samples['signal'], samples['cond_drift']
+    if not drift.shape == signal.shape == cond.shape or len(drift) != len(vocab):
+        raise ValueError(f"per-sample arrays {drift.shape}, {signal.shape}, {cond.shape} and the vocabulary ({len(vocab)} rows) do not match.")
+    if rank_by not in RANK_MEASURES: raise ValueError(f"rank_by={rank_by!r} is unknown; use one of {RANK_MEASURES}.")
+    bd = bootstrap_means(drift, n_boot, seed)
     q = [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]
-    ok = signal.mean(1) > 0                  # a prompt that does nothing in the base model has no relative drift
-    rel, rlo, rhi = (np.full(len(drift), np.nan) for _ in range(3))
-    with np.errstate(divide='ignore', invalid='ignore'):
-        rel[ok], brel = drift.mean(1)[ok] / signal.mean(1)[ok], bd[ok] / bs[ok]
-    if ok.any(): rlo[ok], rhi[ok] = np.percentile(brel, q, 1)
     df = vocab[['concept', 'prompt']].reset_index(drop=True).assign(
-        drift=drift.mean(1), drift_lo=np.percentile(bd, q[0], 1), drift_hi=np.percentile(bd, q[1], 1),
-        signal=signal.mean(1), relative=rel, relative_lo=rlo, relative_hi=rhi, n_samples=drift.shape[1])
-    df['rank'] = df.relative.rank(ascending=False, method='min', na_option='bottom').astype(int)
+        drift=drift.mean(1), drift_lo=np.percentile(bd, q[0], 1), drift_hi=np.percentile(bd, q[1], 1), signal=signal.mean(1))
+    for name, num in (('relative', drift), ('cond_relative', cond)):
+        df[name], df[f'{name}_lo'], df[f'{name}_hi'] = ratio_ci(num, signal, n_boot, ci, seed)
+    df['n_samples'] = drift.shape[1]
+    df['rank'] = df[rank_by].rank(ascending=False, method='min', na_option='bottom').astype(int)
     return df.sort_values('rank', kind='stable').reset_index(drop=True)
 
 def drift_map(base: Components, tuned: Components, vocabulary: str | Path | Sequence[str], template: str | None = None,
               config: DriftMapConfig = DriftMapConfig(), cache: bool = True, progress: bool = False) -> pd.DataFrame:
     "The drift map of `tuned` against `base` over a vocabulary: the table of `drift_table`, most drifted first [ours]."
     vocab = load_vocabulary(vocabulary, template)
-    drift, signal = per_sample_drift(base, tuned, vocab.prompt.tolist(), config, cache, progress)
-    return drift_table(drift, signal, vocab, config.n_boot, config.ci, config.seed)
+    samples = per_sample_drift(base, tuned, vocab.prompt.tolist(), config, cache, progress)
+    return drift_table(samples, vocab, config.n_boot, config.ci, config.seed, config.rank_by)
 
 # %% ../nbs/16_drift_map.ipynb #6ecf3092
 class PerturbedPrompt(torch.nn.Module):
@@ -311,7 +329,7 @@ class PerturbedPrompt(torch.nn.Module):
         return SimpleNamespace(sample=out + self.scale * hit.view(-1, *[1] * (out.ndim - 1)) * self.delta)
 
 # %% ../nbs/16_drift_map.ipynb #679bb8b8
-def plot_drift_map(table: pd.DataFrame, top_k: int = 10, value: str = 'relative', title: str | None = None):
+def plot_drift_map(table: pd.DataFrame, top_k: int = 10, value: str = 'cond_relative', title: str | None = None):
     "Two panels: every concept's drift sorted with its CI band, and the top-k as bars with CIs [ours]."
     import matplotlib.pyplot as plt
     t = table.sort_values(value, ascending=False).reset_index(drop=True)

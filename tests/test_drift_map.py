@@ -61,7 +61,7 @@ def test_batch_size_does_not_change_the_result(base):
     prompts = [f'a photo of a {w}' for w in ('dog', 'cat', 'tree', 'car', 'boat')]
     a = per_sample_drift(base, tuned, prompts, _cfg('pool', batch_size=4), cache=False)
     b = per_sample_drift(base, tuned, prompts, _cfg('pool', batch_size=64), cache=False)
-    for x, y in zip(a, b): np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-9)
+    for k in a: np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-9)
 
 
 def test_cache_key_follows_the_sampling_settings(base):
@@ -75,11 +75,15 @@ def test_table_intervals_and_ranks():
     rng = np.random.default_rng(0)
     drift = np.abs(rng.normal([[1.0], [3.0], [2.0]], 0.2, (3, 50)))
     signal = np.ones((3, 50)); signal[2] = 0.0          # a concept whose prompt does nothing: no relative drift
-    tab = drift_table(drift, signal, pd.DataFrame({'concept': list('abc'), 'prompt': list('abc')}), n_boot=300)
+    cond = drift[[2, 0, 1]]                             # a: about 2, b: about 1 (c has no signal)
+    vocab = pd.DataFrame({'concept': list('abc'), 'prompt': list('abc')})
+    tab = drift_table(dict(drift=drift, signal=signal, cond_drift=cond), vocab, n_boot=300, rank_by='relative')
     assert tab.concept.tolist() == ['b', 'a', 'c'] and tab['rank'].tolist() == [1, 2, 3]
     assert ((tab.drift_lo <= tab.drift) & (tab.drift <= tab.drift_hi)).all()
     assert np.isnan(tab.set_index('concept').relative['c'])
-    with pytest.raises(ValueError, match='do not match'): drift_table(drift[:2], signal[:2], tab)
+    by_cond = drift_table(dict(drift=drift, signal=signal, cond_drift=cond), vocab, n_boot=300)
+    assert by_cond.concept.tolist() == ['a', 'b', 'c']  # the default rank: the conditional drift
+    with pytest.raises(ValueError, match='do not match'): drift_table(dict(drift=drift[:2], signal=signal[:2], cond_drift=cond[:2]), vocab)
 
 
 def test_command_writes_table_figure_and_generations(base, tmp_path):
