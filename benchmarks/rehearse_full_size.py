@@ -130,15 +130,23 @@ def write_study(args, root: Path, base: Path, encoder: str, dino: str) -> Path:
 
 
 _MEASURE = r'''
-import json, resource, sys, time
+import json, sys, threading, time, psutil
 from open_forgetting.cli import main
-t0 = time.time(); rc = main(sys.argv[1:])
-print('REHEARSAL ' + json.dumps(dict(rc=rc, seconds=time.time() - t0,
-      peak_rss_gb=max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20)))
+peak, me, done = [0], psutil.Process(), threading.Event()
+def sample():   # the whole process tree: this process and every kernel it starts (sampled every 0.2 s)
+    while not done.is_set():
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try: total += p.memory_info().rss
+            except psutil.Error: pass
+        peak[0] = max(peak[0], total); time.sleep(0.2)
+threading.Thread(target=sample, daemon=True).start()
+t0 = time.time(); rc = main(sys.argv[1:]); done.set()
+print('REHEARSAL ' + json.dumps(dict(rc=rc, seconds=time.time() - t0, peak_rss_gb=peak[0] / 2**30)))
 '''
 
 def measured(argv: list[str], env: dict) -> dict:
-    "Run `open-forgetting ARGV` in a fresh process; its wall time and the peak RSS of it and every kernel it started."
+    "Run `open-forgetting ARGV` in a fresh process; its wall time and the peak summed RSS of its process tree (it and its kernels)."
     r = subprocess.run([sys.executable, '-c', _MEASURE, *argv], capture_output=True, text=True, env=env)
     line = next((l for l in r.stdout.splitlines() if l.startswith('REHEARSAL ')), None)
     if line is None: raise RuntimeError(f"open-forgetting {' '.join(argv)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")

@@ -135,7 +135,7 @@ def audit_command(args) -> int:
 def export_command(args) -> int:
     "Export a finished run folder in a format diffusers loads."
     from open_forgetting.interop import export_run
-    print(f"open-forgetting export: wrote {export_run(args.run_dir, args.to, args.format)}")
+    print(f"open-forgetting export: wrote {export_run(args.run_dir, args.to, args.format, base=args.base)}")
     return 0
 
 def drift_map_command(args) -> int:
@@ -158,7 +158,8 @@ def _more_commands(sub) -> None:
     a.add_argument('--out', default=None, help='report folder (default $OPEN_FORGETTING_HOME/audits/<time>)')
     e = sub.add_parser('export', help='export a run folder for diffusers (pipeline folder, LoRA file, textual inversion)')
     e.add_argument('run_dir'); e.add_argument('--to', required=True, help='output folder or file')
-    e.add_argument('--format', default='pipeline', choices=['pipeline', 'lora', 'textual_inversion'])
+    e.add_argument('--format', default='pipeline', choices=['pipeline', 'lora', 'textual_inversion', 'custom_diffusion'])
+    e.add_argument('--base', default=None, help="the run's base model when its recorded source cannot be reloaded (hub id, folder, file)")
     d = sub.add_parser('drift-map', help='which concepts did a fine-tune change, out of a vocabulary')
     d.add_argument('--base', required=True); d.add_argument('--tuned', required=True)
     d.add_argument('--vocabulary', default='imagenet', help="'imagenet', 'generic', 'miniworld', or a text/CSV file of concepts")

@@ -141,7 +141,7 @@ def _config_of(module) -> dict:
     if cfg is None: return {}
     d = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
     # bookkeeping keys that do not change what the model computes
-    return {k: v for k, v in d.items() if not k.startswith('_') and k not in ('transformers_version', 'torch_dtype', 'dtype')}
+    return {k: v for k, v in d.items() if not k.startswith('_') and k not in ('transformers_version', 'torch_dtype', 'dtype', 'architectures')}
 
 def model_fingerprint(*modules: torch.nn.Module | Mapping[str, torch.Tensor], length: int = 16) -> str:
     "Stable hash of the configs and all weights (names, dtypes, shapes, bytes) of one or more modules or state dicts."
