@@ -14,6 +14,7 @@ Measure only on a quiet machine (load average well below the core count).
     python benchmarks/classifier.py --threads 2 --channels-last       # lever: channels-last
     python benchmarks/classifier.py --threads 2 --compile             # lever: torch.compile (inductor; eager if it fails)
     python benchmarks/classifier.py --device cuda --sd15 --compile    # GPU, SD-1.5-sized UNet (random weights), bf16, fraction of peak
+    python benchmarks/classifier.py --threads 2 --miniworld-model --images 16   # the demo's model, prompts, images and schedule
     python benchmarks/classifier.py --n-samples 5 20 --runs 3         # a quick check of the script (not the protocol's schedule)
 
 `--miniworld` measures instead how much classifying several images per UNet call helps a small model: the shipped
@@ -144,7 +145,7 @@ def miniworld_groups(args):
     from open_forgetting.miniworld import load_miniworld_base, miniworld_dataset, miniworld_prompts
     comps = load_miniworld_base(device=args.device)
     prompts, ds = miniworld_prompts('shape'), miniworld_dataset('shape', 'test', n_per_class=args.images // 8 if args.images else 8)
-    cfg = ClassifierConfig(to_keep=(2, 1), n_samples=(4, 12), batch_size=args.batch_size or 256)
+    cfg = ClassifierConfig(to_keep=(2, 1), n_samples=(4, 12), batch_size=256 if args.batch_size == 'auto' else int(args.batch_size))
     auto = image_group_size(cfg, len(prompts))
     print(f'device={args.device} threads={torch.get_num_threads()} model=miniworld base '
           f'({sum(p.numel() for p in comps.unet.parameters()) / 1e6:.1f} M UNet parameters) schedule {cfg.to_keep}/{cfg.n_samples}: '
@@ -198,6 +199,8 @@ def main():
     ap.add_argument('--dtype', default=None, help='GPU compute dtype (default bf16)')
     ap.add_argument('--peak-tflops', type=float, default=None, help='bf16 dense peak of the GPU (default: H100/H200 989, A100 312)')
     ap.add_argument('--miniworld', action='store_true', help='images/s of one image per group vs grouped images on the miniworld model')
+    ap.add_argument('--miniworld-model', action='store_true', help='ours vs the reference on the shipped miniworld base model, '
+                    'its shape prompts and images and the miniworld study schedule (2 1 / 4 12) instead of the tiny model on CIFAR-10')
     ap.add_argument('--repeats', type=int, default=3, help='--miniworld: timed runs of each setting (median reported)')
     args = ap.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
@@ -206,15 +209,22 @@ def main():
     gpu = device.type == 'cuda'
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}[args.dtype or ('bf16' if gpu else 'fp32')]
     prompts = load_prompts('cifar10')
-    if args.sd15: comps = sd15_components(device, dtype if gpu else torch.float32)
-    else: comps = tiny_components(seed=0, words=[w.strip(".") for p in prompts.prompt for w in p.split()])
-    if not args.sd15 and device.type != "cpu": comps.to(device)
     n_images = args.images or (4 if gpu else 2)
     over = dict(n_samples=tuple(args.n_samples)) if args.n_samples else {}
+    if args.miniworld_model:
+        from open_forgetting.miniworld import load_miniworld_base, miniworld_dataset, miniworld_prompts
+        comps, prompts = load_miniworld_base(device=args.device), miniworld_prompts('shape')
+        over = dict(to_keep=(2, 1), n_samples=(4, 12), loss='l1', **over)
+    elif args.sd15: comps = sd15_components(device, dtype if gpu else torch.float32)
+    else: comps = tiny_components(seed=0, words=[w.strip(".") for p in prompts.prompt for w in p.split()])
+    if not (args.sd15 or args.miniworld_model) and device.type != "cpu": comps.to(device)
     cfg = schedule_for('cifar10', batch_size=None if args.batch_size == 'auto' else int(args.batch_size), compile=args.compile,
                        share_prefix=not args.no_share_prefix, channels_last=args.channels_last,
                        dtype=None if not gpu else {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'fp32'}[dtype], **over)
-    ds = RandomImages(n_images, 10, comps.resolution)
+    if args.miniworld_model:
+        ds = miniworld_dataset('shape', 'test', n_per_class=max(1, -(-n_images // len(prompts))))
+        ds = torch.utils.data.Subset(ds, range(n_images)); ds.classes = ds.dataset.classes
+    else: ds = RandomImages(n_images, 10, comps.resolution)
     autocast = (lambda: torch.autocast('cuda', dtype=dtype)) if gpu and dtype != torch.float32 else contextlib.nullcontext
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     evals = evaluations_per_image(cfg, len(prompts))
@@ -225,11 +235,11 @@ def main():
         auto_batch_size(comps.unet, (comps.unet.config.in_channels, side, side), text_shape, device, dtype, autocast, refresh=True)
     # warm-up: first-call allocations, cuDNN autotune, compile
     warm = replace(cfg, n_samples=(2, 4), to_keep=(2, 1))
-    got = classify(comps, RandomImages(1, 10, comps.resolution), prompts, warm, cache=False, progress=False)
-    run_reference(comps, RandomImages(1, 10, comps.resolution), prompts, warm, args.ref_batch_size, device, autocast)
+    got = classify(comps, RandomImages(1, prompts.classidx.nunique(), comps.resolution), prompts, warm, cache=False, progress=False)
+    run_reference(comps, RandomImages(1, prompts.classidx.nunique(), comps.resolution), prompts, warm, args.ref_batch_size, device, autocast)
     batch = got.attrs['config']['batch_size']
-    print(f'device={device} threads={torch.get_num_threads()} model={"SD-1.5-sized UNet (random)" if args.sd15 else "tiny"} '
-          f'schedule=cifar10 {cfg.to_keep}/{cfg.n_samples} {cfg.loss}: {evals} UNet evals/image, {n_images} images per run, '
+    print(f'device={device} threads={torch.get_num_threads()} model={"miniworld base" if args.miniworld_model else "SD-1.5-sized UNet (random)" if args.sd15 else "tiny"} '
+          f'schedule={"miniworld" if args.miniworld_model else "cifar10"} {cfg.to_keep}/{cfg.n_samples} {cfg.loss}: {evals} UNet evals/image, {n_images} images per run, '
           f'{args.runs} alternating runs each; ours: batch {batch} ({args.batch_size}), share_prefix={cfg.share_prefix}, '
           f'channels_last={cfg.channels_last}, compile={cfg.compile}; reference: batch {args.ref_batch_size}, fp32 on CPU', flush=True)
     print(f'load average before: {os.getloadavg()}', flush=True)
