@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['COMMANDS', 'info', 'parse_overrides', 'study_from_args', 'study_jobs', 'run_command', 'plan_command',
-           'status_command', 'demo', 'audit_command', 'export_command', 'drift_map_command', 'build_parser',
-           'is_user_error', 'main']
+           'status_command', 'demo', 'audit_command', 'export_command', 'drift_map_command', 'train_command',
+           'build_parser', 'is_user_error', 'main']
 
 # %% ../nbs/99_cli.ipynb #f6ab936e
 def info() -> dict:
@@ -166,6 +166,23 @@ def _more_commands(sub) -> None:
     d.add_argument('--out', default='drift_map'); d.add_argument('--n-samples', type=int, default=16); d.add_argument('--top-k', type=int, default=10)
 
 
+# %% ../nbs/99_cli.ipynb #7a1b2c3d
+def train_command(args) -> int:
+    "Train one cell of a study (what `accelerate launch -m open_forgetting train ...` runs on every process)."
+    from open_forgetting.study import check_cell, ensure_customized
+    study = study_from_args(args)
+    check_cell(study, None, args.concept, args.method, args.variant)
+    run_dir = Path(args.run_dir) if args.run_dir else study.run_dir()
+    folder = ensure_customized(study, run_dir, args.concept, args.method, args.variant)
+    print(f"open-forgetting train: {args.concept} {args.method}-{args.variant} -> {folder}")
+    return 0
+
+def _train_command(sub) -> None:
+    t = sub.add_parser('train', help='train one concept x method x variant of a study (accelerate launch -m open_forgetting train ...)')
+    _study_args(t)
+    t.add_argument('--concept', required=True); t.add_argument('--method', default='dreambooth'); t.add_argument('--variant', default='dc')
+    t.add_argument('--run-dir', default=None, help="the study's run folder (default: the study's output)")
+
 # %% ../nbs/99_cli.ipynb #7477182a
 def _study_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument('--study', default=default, required=default is None, help='a shipped study (smoke, miniworld, miniworld-full, sd15, sd21) or a study YAML file')
@@ -198,12 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument('--no-path-check', action='store_true', help="plan a study whose folders are not on this machine")
     status = sub.add_parser('status', help='done / running / failed / pending jobs of a run folder')
     status.add_argument('run_dir', help='the --run-dir of `open-forgetting run`')
-    _more_commands(sub)
+    _more_commands(sub); _train_command(sub)
     return parser
 
 COMMANDS = {'info': lambda a: print('\n'.join(f'{k:>16}: {v}' for k, v in info().items())) or 0,
             'run': run_command, 'plan': plan_command, 'status': status_command, 'demo': demo,
-            'audit': audit_command, 'export': export_command, 'drift-map': drift_map_command}
+            'audit': audit_command, 'export': export_command, 'drift-map': drift_map_command, 'train': train_command}
 
 _USER_ERRORS = ('ModelNotAvailableError', 'UnsafeWeightsError', 'DatasetNotFoundError', 'DamagedFileError')
 
