@@ -143,12 +143,12 @@ class PrefixSharing:
     "Context manager: while `groups(ids)` is set, each prefix module runs on one row per group and copies its output to the group [ours]."
     def __init__(self, unet, on: bool = True):
         self.modules, self.reps, self.inverse = prefix_modules(unet) if on else [], None, None
-    def groups(self, ids: torch.Tensor | None):
-        "Rows with equal consecutive `ids` are copies below the first cross-attention (same x_t and t); None: no sharing."
+    def groups(self, ids: torch.Tensor | None, device: torch.device | str = 'cpu'):
+        "Rows with equal consecutive `ids` (a CPU tensor: no device sync) are copies below the first cross-attention (same x_t and t); None: no sharing."
         if ids is None or not self.modules: self.reps = self.inverse = None; return
-        _, self.inverse, counts = torch.unique_consecutive(ids, return_inverse=True, return_counts=True)
-        self.reps = torch.cumsum(counts, 0) - counts
-        if len(self.reps) == len(ids): self.reps = self.inverse = None          # nothing repeats
+        _, inverse, counts = torch.unique_consecutive(ids.cpu(), return_inverse=True, return_counts=True)
+        if len(counts) == len(ids): self.reps = self.inverse = None; return      # nothing repeats
+        self.reps, self.inverse = (torch.cumsum(counts, 0) - counts).to(device), inverse.to(device)
     def _wrap(self, forward):
         def shared(*args, **kwargs):
             if self.reps is None: return forward(*args, **kwargs)
@@ -208,11 +208,12 @@ def _stage_errors(unet, x_t, ts, target, text_embeddings, alive, config, autocas
     t_idx = torch.arange(k, device=device).repeat_interleave(A).repeat(N)
     p_idx = alive.to(device)[:, None, :].expand(N, k, A).flatten()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    group_ids = torch.arange(N * k).repeat_interleave(A)     # on the CPU: (image, timestep) of each row
     errs = torch.empty(len(p_idx), device=device)           # moved to the CPU once per stage (no sync per batch)
     for start in range(0, len(p_idx), config.batch_size):
         sl = slice(start, start + config.batch_size)
         ii, ti, pi = i_idx[sl], t_idx[sl], p_idx[sl]
-        sharing.groups(ii * k + ti)                              # rows of one (image, timestep) share the prefix
+        sharing.groups(group_ids[sl], device)                    # rows of one (image, timestep) share the prefix
         with autocast():
             out = unet(x_t[ii, ti].contiguous(memory_format=memory_format), ts[ti], encoder_hidden_states=text_embeddings[pi]).sample
         errs[sl] = _loss(config.loss, out.float(), target[ii, ti])
