@@ -107,6 +107,8 @@ class DriftMapConfig:
         if self.batch_size < 1: raise ValueError(f"batch_size={self.batch_size} must be >= 1.")
         if not 0 < self.ci < 1: raise ValueError(f"ci={self.ci} must lie in (0, 1), e.g. 0.95.")
         if isinstance(self.pool_prompts, str): raise TypeError("pool_prompts must be a tuple of prompts, not one string.")
+        if self.rank_by not in ('cond_relative', 'relative', 'drift'):
+            raise ValueError(f"rank_by={self.rank_by!r} is unknown; use 'cond_relative', 'relative' or 'drift'.")
 
     def key(self, base: Components) -> dict:
         "Everything that changes the base model's predictions, resolved for `base`."
