@@ -55,6 +55,7 @@ class ClassificationSection(_Section):
     classifier: dict[str, Any] = {}          # ClassifierConfig overrides for every dataset
     seeds: list[NonNegativeInt] = [0]        # the classifier's noise seeds (each pooled as more paired samples)
     verify_checksums: bool = True            # check dataset files against their published checksums (real datasets)
+    allow_pickle: bool = False               # CIFAR-10's python batches are pickles: unverified ones load only with this opt-in
     datasets: dict[str, DatasetEntry] = {}
 
     @field_validator('classifier')

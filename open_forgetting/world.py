@@ -235,7 +235,8 @@ class StableDiffusionWorld(World):
         root = Path(study.classification.root).expanduser() / name
         ds = load_classification_dataset(name, root, 'test', n_per_class=self._n_per_class(study, name),
                                          seed=study.classification.datasets[name].subset_seed,
-                                         verify_checksums=study.classification.verify_checksums)
+                                         verify_checksums=study.classification.verify_checksums,
+                                         allow_pickle=study.classification.allow_pickle)
         return ds, self.classification_prompts(study, name)
     def n_images(self, study, name):
         n, size = self._n_per_class(study, name), TEST_SPLIT_SIZES[name]
