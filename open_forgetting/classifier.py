@@ -35,7 +35,7 @@ LOSSES = ('l1', 'l2', 'huber')
 
 @dataclass
 class ClassifierConfig:
-    "Settings of the zero-shot diffusion classifier (STUDY §2); `schedule_for(name)` gives each dataset's."
+    "Settings of the zero-shot diffusion classifier (00_method §2); `schedule_for(name)` gives each dataset's."
     to_keep: tuple[int, ...] = (5, 1)          # prompts kept after each stage (the last keeps 1)
     n_samples: tuple[int, ...] = (50, 500)     # timesteps each stage covers (nested subsets of one grid)
     loss: str = 'l1'                           # 'l1', 'l2' or 'huber' between prediction and target, mean over C,H,W
@@ -74,7 +74,7 @@ class ClassifierConfig:
 _INTERPOLATIONS = {'bicubic': T.InterpolationMode.BICUBIC, 'bilinear': T.InterpolationMode.BILINEAR,
                    'lanczos': T.InterpolationMode.LANCZOS}
 
-SCHEDULES: dict[str, dict] = {  # STUDY §2: Li et al.'s per-dataset schedules
+SCHEDULES: dict[str, dict] = {  # 00_method §2: Li et al.'s per-dataset schedules
     'cifar10':   dict(to_keep=(5, 1), n_samples=(50, 500), loss='l1'),
     'stl10':     dict(to_keep=(5, 1), n_samples=(100, 500), loss='l1'),
     'pets':      dict(to_keep=(5, 1), n_samples=(25, 250), loss='l1'),
@@ -86,19 +86,19 @@ SCHEDULES: dict[str, dict] = {  # STUDY §2: Li et al.'s per-dataset schedules
 }
 
 def schedule_for(dataset_name: str, **overrides) -> ClassifierConfig:
-    "The reference schedule (to_keep, n_samples, loss) of a dataset (STUDY §2 table), with optional overrides."
+    "The reference schedule (to_keep, n_samples, loss) of a dataset (00_method §2 table), with optional overrides."
     if dataset_name not in SCHEDULES: raise ValueError(f"No schedule for {dataset_name!r}; known: {sorted(SCHEDULES)}. Build a ClassifierConfig yourself.")
     return ClassifierConfig(**{**SCHEDULES[dataset_name], **overrides})
 
 # %% ../nbs/03_classifier.ipynb #d4eb726f
 def timestep_grid(n: int, num_train_timesteps: int = 1000) -> list[int]:
-    "The grid t_k = T//n//2 + k·(T//n), k < n (STUDY §2; Li et al.'s `t_to_eval`)."
+    "The grid t_k = T//n//2 + k·(T//n), k < n (00_method §2; Li et al.'s `t_to_eval`)."
     step = num_train_timesteps // n
     if step < 1: raise ValueError(f"{n} timesteps do not fit in T={num_train_timesteps}.")
     return list(range(step // 2, num_train_timesteps, step))[:n]
 
 def stage_timesteps(n_samples: Sequence[int], num_train_timesteps: int = 1000) -> list[list[int]]:
-    "The new timesteps of each stage, in evaluation order: an evenly spaced subset of the max grid minus those already done (STUDY §2)."
+    "The new timesteps of each stage, in evaluation order: an evenly spaced subset of the max grid minus those already done (00_method §2)."
     grid = timestep_grid(max(n_samples), num_train_timesteps)
     seen, stages = set(), []
     for n in n_samples:
@@ -224,7 +224,7 @@ def _stage_errors(unet, x_t, ts, target, text_embeddings, alive, config, autocas
 def classify_latents(unet: Callable, latents: torch.Tensor, text_embeddings: torch.Tensor, noises: torch.Tensor,
                      alphas_cumprod: torch.Tensor, config: ClassifierConfig, prediction_type: str = 'epsilon',
                      autocast: Callable = contextlib.nullcontext, model: str = 'the UNet') -> list[ImageResult]:
-    "Li et al.'s staged zero-shot classification of N latents `(N,C,h,w)` at once, noise `(N,n_eval,C,h,w)`, against `text_embeddings` `(P,L,D)` (STUDY §2); NaN/inf errors raise `NonFiniteError` naming `model`."
+    "Li et al.'s staged zero-shot classification of N latents `(N,C,h,w)` at once, noise `(N,n_eval,C,h,w)`, against `text_embeddings` `(P,L,D)` (00_method §2); NaN/inf errors raise `NonFiniteError` naming `model`."
     if config.batch_size is None: config = replace(config, batch_size=_DEFAULT_BATCH)
     P, T_ = len(text_embeddings), len(alphas_cumprod)
     stages = stage_timesteps(config.n_samples, T_)
@@ -447,7 +447,7 @@ def _resolve_batch_size(config: ClassifierConfig, components: Components, device
 def classify(components: Components, dataset, prompts: pd.DataFrame | str | None = None,
              config: ClassifierConfig | None = None, seed: int = 0, cache: bool = True, shard='auto',
              model_name: str | None = None, progress: bool = True) -> pd.DataFrame:
-    "Zero-shot classify every image of `dataset` with `components` (STUDY §2), `image_group_size` images at a time; one row per image, cached per image (verified on read)."
+    "Zero-shot classify every image of `dataset` with `components` (00_method §2), `image_group_size` images at a time; one row per image, cached per image (verified on read)."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0 (the classifier's noise seed), got {seed!r}.")
     if config is not None and not isinstance(config, ClassifierConfig):
@@ -569,7 +569,7 @@ def _aligned(base: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame
 
 def drift_report(results: Mapping[str, pd.DataFrame], base: str = 'base', n_boot: int = 1000, ci: float = 0.95,
                  seed: int = 0, n_classes: int | None = None) -> pd.DataFrame:
-    "Accuracy, mean drop, worst-case per-class drop vs `base`, paired stratified-bootstrap CIs on both drops (STUDY §2 [ours])."
+    "Accuracy, mean drop, worst-case per-class drop vs `base`, paired stratified-bootstrap CIs on both drops (00_method §2 [ours])."
     if base not in results: raise KeyError(f"base model {base!r} not in results {list(results)}.")
     b = results[base].set_index('image_id')
     n = n_classes or len(results[base].attrs.get('classes', [])) or int(b.label.max()) + 1

@@ -27,7 +27,7 @@ __all__ = ['PROMPT_COLUMNS', 'DATASETS', 'load_prompts', 'validate_prompts', 'cl
 PROMPT_COLUMNS = ('prompt', 'classname', 'classidx')
 
 def load_prompts(name: str | os.PathLike) -> pd.DataFrame:
-    "Prompt table `[prompt, classname, classidx]` of a shipped dataset name (data/prompts/<name>.csv) or a CSV path (STUDY §2)."
+    "Prompt table `[prompt, classname, classidx]` of a shipped dataset name (data/prompts/<name>.csv) or a CSV path (00_method §2)."
     path = Path(name)
     if path.suffix != '.csv':
         shipped = sorted(p.stem for p in data_path('prompts').glob('*.csv'))
@@ -94,7 +94,7 @@ class ImageFolderSubset(Dataset):
 # %% ../nbs/02_data.ipynb #6947f829
 @dataclass(frozen=True)
 class DatasetSpec:
-    "How to read one classification dataset from a local folder (STUDY §2)."
+    "How to read one classification dataset from a local folder (00_method §2)."
     name: str
     n_classes: int
     layout: str                      # the expected on-disk layout, quoted in errors

@@ -47,7 +47,7 @@ def _check_choice(name: str, value, choices: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    "Sampler settings shared by every model of a comparison (STUDY §4); all of them (but `batch_size`) key the cache."
+    "Sampler settings shared by every model of a comparison (00_method §4); all of them (but `batch_size`) key the cache."
     scheduler: str = 'ddim'          # one of 'ddim', 'dpm' (DPM-Solver++ multistep), 'euler', 'pndm', 'heun': deterministic samplers only
     steps: int = 50
     guidance_scale: float = 7.5      # classifier-free guidance against `negative_prompt`; <= 1 switches guidance off

@@ -117,7 +117,7 @@ def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
 
 def clip_image_similarity(pairs: pd.DataFrame, encoder: ImageTextEncoder, batch_size: int = 32,
                           embeddings: Mapping[str, Tensor] | None = None) -> pd.DataFrame:
-    "`pairs` with a `clip_i` column: cosine of the image embeddings of `path` and `ref_path` (STUDY §4)."
+    "`pairs` with a `clip_i` column: cosine of the image embeddings of `path` and `ref_path` (00_method §4)."
     emb = dict(embeddings or {})
     todo = [p for p in dict.fromkeys(map(str, [*pairs.path, *pairs.ref_path])) if p not in emb]
     if todo: emb.update(embed(todo, encoder, batch_size))
@@ -153,7 +153,7 @@ def rgb_to_ab(images: Tensor) -> Tensor:
     return torch.stack([500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
 
 def chromaticity_coords(images: Tensor, space: str = 'rg', black_threshold: float = 0.05) -> Tensor:
-    "`(M, 2)` chromaticity of the non-black pixels of a float batch in [0, 1]: rg (STUDY §4) or CIE Lab a*b*."
+    "`(M, 2)` chromaticity of the non-black pixels of a float batch in [0, 1]: rg (00_method §4) or CIE Lab a*b*."
     _check_option('space', space, CHROMA_SPACES)
     x = check_images(images)
     s = x.sum(1)                                         # (B, H, W)
@@ -226,7 +226,7 @@ def histogram_distance(p: Tensor, q: Tensor, distance: str = 'emd', space: str =
 
 def color_drift_index(images_a: ImageSet, images_b: ImageSet, space: str = 'rg', distance: str = 'emd', bins: int = 32,
                       black_threshold: float = 0.05, batch_size: int = 16) -> float:
-    "CDI [ours] (STUDY §4): distance between the pooled chromaticity histograms of two image sets (rg + EMD by default)."
+    "CDI [ours] (00_method §4): distance between the pooled chromaticity histograms of two image sets (rg + EMD by default)."
     _check_option('space', space, CHROMA_SPACES); _check_option('distance', distance, HISTOGRAM_DISTANCES)
     h = [chroma_histogram(x, space, bins, black_threshold, batch_size) for x in (images_a, images_b)]
     return histogram_distance(*h, distance=distance, space=space)

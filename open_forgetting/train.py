@@ -53,7 +53,7 @@ class ConceptSpec:
         if self.instance_dir is not None: self.instance_dir = Path(self.instance_dir)
 
 def dreambench_subjects() -> dict[str, tuple[str, str]]:
-    "subject -> (class noun, kind) of the 30 DreamBench subjects (STUDY §6, `data/concepts/dreambench.csv`)."
+    "subject -> (class noun, kind) of the 30 DreamBench subjects (00_method §6, `data/concepts/dreambench.csv`)."
     with open(data_path('concepts', 'dreambench.csv'), newline='') as f:
         return {r['subject']: (r['class_noun'], r['kind']) for r in csv.DictReader(f)}
 
@@ -165,7 +165,7 @@ def _check_variant(config) -> None:
 
 @dataclass
 class TrainConfig:
-    "Every setting of a customization run (methods' usual values in STUDY §5; DC settings STUDY §3 [ours])."
+    "Every setting of a customization run (methods' usual values in 00_method §5; DC settings 00_method §3 [ours])."
     method: str = 'dreambooth'
     variant: str = 'plain'                 # 'plain' (X, lambda_dc = 0), 'dc' (X-DC), 'dc_pr' (X-DC\pr, lambda_pr = 0)
     max_steps: int = 400
@@ -193,7 +193,7 @@ class TrainConfig:
     class_seed: int = 0                    # class image k uses seed class_seed + k
     class_sampling_steps: int = 50
     class_guidance_scale: float = 7.5
-    # Drift Correction [ours, STUDY §3]
+    # Drift Correction [ours, 00_method §3]
     lambda_dc: float = 0.0
     dc_n_reg: int = 1                      # r: regularization samples per step
     dc_prompts: str = 'generic'            # 'generic', 'empty', 'class'
@@ -284,7 +284,7 @@ def _prompt_file_digest(path: str | None) -> str:
 class CustomizationMethod:
     "Base class of a customization method: which parameters train and how the concept's token enters the text."
     name: str = ''
-    defaults: dict = {}                    # TrainConfig values of this method's usual setting (STUDY §5)
+    defaults: dict = {}                    # TrainConfig values of this method's usual setting (00_method §5)
     modifies_text_encoder: bool = False    # True when `prepare` changes the text encoder or tokenizer (the loop copies them first)
 
     def __init__(self, config: TrainConfig): self.config = config
@@ -582,7 +582,7 @@ def class_images(base: Components, class_prompt: str, n: int, seed: int = 0, ste
 
 def replay_latents(base: Components, prompts: Sequence[str], n: int, seed: int = 0, steps: int = 50, guidance: float = 7.5,
                    fingerprint: str | None = None, resolution: int | None = None) -> tuple[Tensor, Tensor]:
-    "DC's replay set [ours, STUDY §3]: latents the base model samples at `resolution` for generic prompts i % len(prompts), i < n, with seed+i; cached and verified on read. Returns (latents, prompt indices)."
+    "DC's replay set [ours, 00_method §3]: latents the base model samples at `resolution` for generic prompts i % len(prompts), i < n, with seed+i; cached and verified on read. Returns (latents, prompt indices)."
     fingerprint = fingerprint or base.fingerprint()
     idx = [i % len(prompts) for i in range(n)]
     ps = [prompts[i] for i in idx]
@@ -859,7 +859,7 @@ class Trainer:
         return z0
 
     def _regularization_batch(self, z0: Tensor, step: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        "(z_t, t, prompt index) of DC's r regularization samples of step `step` (STUDY §3), drawn from `g`."
+        "(z_t, t, prompt index) of DC's r regularization samples of step `step` (00_method §3), drawn from `g`."
         c = self.config
         r, shape = c.dc_n_reg, tuple(z0.shape[1:])
         pair = None

@@ -23,7 +23,7 @@ torch.set_num_threads(1)   # the tiny UNet is fastest single-threaded on the sha
 
 WORDS = ['a', 'photo', 'of', 'cat', 'dog', 'car']
 PUBLISHED_EVALS = dict(cifar10=2750, stl10=3000, pets=2050, flowers=5590, food=5570, aircraft=5550, objectnet=14400,
-                       imagenet=124500)   # STUDY §2 table (Li et al.)
+                       imagenet=124500)   # 00_method §2 (Li et al.)
 
 
 @pytest.fixture(scope='module')

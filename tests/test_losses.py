@@ -1,4 +1,4 @@
-"""Tests of open_forgetting.losses: closed forms of the targets and weights, and the Drift Correction properties (STUDY §3)."""
+"""Tests of open_forgetting.losses: closed forms of the targets and weights, and the Drift Correction properties (00_method §3)."""
 import copy, re
 
 import pytest

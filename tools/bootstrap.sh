@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the project-local virtual environment and install open_forgetting (editable, dev extras)
 # against the tested pins in constraints.txt. Prefers uv (fast); falls back to pip.
-# The pins also dodge the local torch 2.13.0+cpu find-links trap (../shared/STUDY.md §7): uv does not
+# The pins also dodge the local torch 2.13.0+cpu find-links trap (a torch 2.13.0+cpu wheel that fails with the registry torchvision): uv does not
 # read pip's find-links, and the constraint torch==<tested> keeps pip from picking that wheel.
 set -euo pipefail
 VENV=${1:-.venv}
@@ -21,7 +21,7 @@ else
 fi
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
 "$VENV/bin/python" - <<'PY'
-import torch, torchvision  # fails loudly on a mismatched pair (STUDY §7)
+import torch, torchvision  # fails loudly on a mismatched pair
 import open_forgetting
 print(f"bootstrap: open_forgetting {open_forgetting.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}")
 PY

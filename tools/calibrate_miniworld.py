@@ -108,7 +108,7 @@ def zero_shot(comps, unet, tasks, n_per_class, n_t, cache):
 
 @torch.no_grad()
 def replay_set(comps, n=48, seed=123, steps=25, guidance=3.0):
-    "Z_reg as a replay set (STUDY 3): latents the base model generates from the generic prompts, with their prompts."
+    "Z_reg as a replay set (00_method §3): latents the base model generates from the generic prompts, with their prompts."
     from diffusers import DDIMScheduler
     prompts = (generic_prompts(24) * (n // 24 + 1))[:n]
     sched = DDIMScheduler.from_config(comps.scheduler.config); sched.set_timesteps(steps)

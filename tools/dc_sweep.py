@@ -21,7 +21,7 @@ customized model, then measures with the package's own code:
 - fidelity: MiniClip CLIP-I between `--n-samples` generations of the instance prompt and the five instance images;
 - binding: how many of 20 held-out views the model classifies as its instance prompt (`study.concept_identification`).
 Rows are appended to `--out` (one per configuration and classification set); the base model's results are
-cached by fingerprint, so it is classified once. Use it for the λ sweeps that STUDY §3 asks for.
+cached by fingerprint, so it is classified once. Use it for the λ sweeps that 00_method §3 asks for.
 """
 import argparse, json, time
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Write data/generic_prompts.txt: the pool of generic regularization prompts for Drift Correction (STUDY §3).
+"""Write data/generic_prompts.txt: the pool of generic regularization prompts for Drift Correction (00_method §3).
 
 The prompts are our own: objects x scenes x styles, chosen to share no word with any DreamBench subject or
 class noun (data/concepts/dreambench.csv), so the regularization pool never talks about the concept being
