@@ -53,12 +53,15 @@ def part1(args) -> dict:
     t0 = time.perf_counter(); tab = drift_map(base, tuned, vocab, config=cfg); cold = time.perf_counter() - t0
     tuned2 = perturbed_copy(base, seed=1)
     t0 = time.perf_counter(); drift_map(base, tuned2, vocab, config=cfg); warm = time.perf_counter() - t0
-    n_evals = len(vocab) * args.n_samples
+    n_evals = (len(vocab) + 1) * args.n_samples                      # each model: every caption and the empty prompt
+    from open_forgetting.drift_map import miniworld_captions as all_captions
+    n_all = len(all_captions())
     print(f'[miniworld] {len(vocab)} captions x {args.n_samples} samples, batch {args.batch_size}, {torch.get_num_threads()} thread(s):')
     print(f'  cold (base side computed, pool generated): {cold:.1f} s   ({2 * n_evals} UNet evaluations + the pool)   target <= 60 s')
     print(f'  warm (second fine-tune, base side cached): {warm:.1f} s   ({n_evals} UNet evaluations)')
     rate = n_evals / warm                                           # the warm run is (almost) UNet evaluations only
-    print(f'  throughput {rate:.0f} UNet evaluations/s: 60 s cold fits about {int(60 * rate / 2 / len(vocab))} samples per caption')
+    print(f'  throughput {rate:.0f} UNet evaluations/s: at this rate all {n_all} captions fit about '
+          f'{int(60 * rate / 2 / (n_all + 1))} samples per caption in 60 s cold')
     print(f'  most drifted: {tab.concept.head(3).tolist()}')
     return dict(cold_s=cold, warm_s=warm, n_concepts=len(vocab))
 
@@ -82,7 +85,7 @@ def part2(args) -> dict:
     "Evaluations of 1,000 concepts x 16 samples at SD-1.5 size, and their time at the throughput figure."
     n_c, n = args.sd_concepts, args.sd_samples
     pool = 16 * 25 * 2                        # 16 pool images, 25 sampler steps with guidance (2 evaluations each)
-    cold, warm = 2 * n_c * n + n + pool, n_c * n
+    cold, warm = 2 * (n_c + 1) * n + pool, (n_c + 1) * n   # each model: every concept and the empty prompt
     own = n_c * n * 25 * 2                    # 'own' latents: one generation per concept and sample
     if args.gpu: rate, src = measured_sd15_throughput(), 'MEASURED on this GPU (SD-1.5 architecture, random weights, bf16, batch 64)'
     else: rate, src = ASSUMED_A100_EVALS_PER_S, 'ASSUMED: ~90 UNet evaluations/s on one A100 (published figure, not measured here)'
