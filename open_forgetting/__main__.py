@@ -8,4 +8,4 @@ __all__ = []
 # %% ../nbs/99a_main.ipynb #e272cde2
 import sys
 from .cli import main
-if __name__ == '__main__': sys.exit(main())
+if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: sys.exit(main())   # not inside a notebook
