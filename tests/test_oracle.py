@@ -41,8 +41,8 @@ def test_shipped_oracle_is_small_and_its_recipe_matches(oracle):
 def test_oracle_agrees_with_the_renderer_on_fresh_renders(oracle):
     # three sources it never trained on: the world's test split, an unseen seed of the oracle's held-out stream,
     # and the novel concepts' held-out views
-    items = [mw.world_item(i, seed=21, split='test') for i in range(400)]
-    items += [orc.oracle_item(i, seed=77, stream='heldout') for i in range(400)]
+    items = [mw.world_item(i, seed=21, split='test') for i in range(300)]
+    items += [orc.oracle_item(i, seed=77, stream='heldout') for i in range(300)]
     acc = orc.oracle_accuracy(oracle, orc.render_items(items), orc.item_labels(items))
     assert all(v >= 0.98 for v in acc.values()), acc
     for name, c in mw.NOVEL_CONCEPTS.items():
