@@ -58,9 +58,10 @@ def audit_tables(study: Study, base, tuned, concept: str | None = None, instance
         if instance_prompt:
             out['fidelity'] = concept_fidelity({TUNED: tuned}, spec.instance_dir, instance_prompt, study.seeds.paired,
                                                study.generation_settings(), load_encoder(study), dino=study.world.load_dino(study))[0]
-    if vocabulary is not None:
-        from open_forgetting.drift_map import drift_map
-        out['drift_map'] = drift_map(base, tuned, vocabulary)
+    if vocabulary is not None:   # the pool latents come from the world's own generic prompts, with the study's sampler
+        from open_forgetting.drift_map import drift_map, DriftMapConfig
+        config = DriftMapConfig(pool_prompts=tuple(generic_appearance_prompts(study)[:16]), generation=study.generation_settings())
+        out['drift_map'] = drift_map(base, tuned, vocabulary, config=config)
     return out
 
 # %% ../nbs/17_audit.ipynb #c9a2b7d4

@@ -380,17 +380,15 @@ def load_model_pair(base: str, tuned: str) -> tuple[Components, Components]:
 
 def drift_map_command(base: str, tuned: str, vocabulary: str, out_dir: str | Path, template: str | None = None,
                       n_samples: int = 16, latents: str = 'pool', top_k: int = 10, seeds: Sequence[int] = (0, 1),
-                      batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+                      batch_size: int = 64, progress: bool = True, study: str | None = None) -> pd.DataFrame:
     "Load the two models, map the vocabulary, write drift_map.csv, drift_map.png/pdf and top_k.png/pdf to `out_dir` [ours]."
     from open_forgetting.study import load_study
     from open_forgetting.plots import save_figure
     b, t = load_model_pair(base, tuned)
-    world = base == 'miniworld'
-    settings = load_study('miniworld' if world else 'sd15', check_paths=False).generation_settings()   # the studies' sampler
-    pool = ()
-    if world:
-        from open_forgetting.miniworld import generic_prompts
-        pool = tuple(generic_prompts(16))        # the world's captions: SD-style prompts are outside its vocabulary
+    # the study of the base's world gives the sampler and the pool prompts (the miniworld's own captions: SD-style
+    # prompts are outside its vocabulary)
+    S = load_study(study or ('miniworld' if base == 'miniworld' else 'sd15'), check_paths=False)
+    settings, pool = S.generation_settings(), tuple(S.world.generic_prompts(S)[:16])
     config = DriftMapConfig(n_samples=n_samples, latents=latents, pool_prompts=pool, generation=settings, batch_size=batch_size)
     table = drift_map(b, t, vocabulary, template, config, progress=progress)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
