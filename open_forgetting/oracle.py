@@ -22,11 +22,11 @@ from .miniworld import (BACKGROUNDS, COLOURS, GENERIC_NOUN, IDENTIFIERS, NOVEL_C
                                        WorldItem, pil_to_tensor, render, sample_item)
 
 # %% auto #0
-__all__ = ['NOVEL_SHAPES', 'NOVEL_TEXTURES', 'ORACLE_CLASSES', 'ATTRIBUTES', 'oracle_item', 'item_labels', 'render_items',
-           'AugmentConfig', 'augment', 'OracleConfig', 'Oracle', 'OracleTrainConfig', 'predict', 'oracle_accuracy',
-           'train_oracle', 'heldout_report', 'save_oracle', 'oracle_path', 'load_oracle', 'shipped_oracle',
-           'read_images', 'prompt_attributes', 'adherence_table', 'prompt_adherence', 'pair_generations',
-           'ground_truth_drift', 'ground_truth_fidelity']
+__all__ = ['NOVEL_SHAPES', 'NOVEL_TEXTURES', 'ORACLE_CLASSES', 'ATTRIBUTES', 'UNKNOWN', 'oracle_item', 'item_labels',
+           'render_items', 'AugmentConfig', 'augment', 'OracleConfig', 'Oracle', 'OracleTrainConfig',
+           'class_probabilities', 'predict', 'oracle_accuracy', 'train_oracle', 'heldout_report', 'save_oracle',
+           'oracle_path', 'load_oracle', 'shipped_oracle', 'read_images', 'prompt_attributes', 'adherence_table',
+           'prompt_adherence', 'pair_generations', 'ground_truth_drift', 'ground_truth_fidelity']
 
 # %% ../nbs/18_oracle.ipynb #0d1e32a5
 NOVEL_SHAPES = tuple(dict.fromkeys(c.shape for c in NOVEL_CONCEPTS.values()))
@@ -133,11 +133,15 @@ class OracleTrainConfig:
     model: OracleConfig = field(default_factory=OracleConfig)
 
 @torch.no_grad()
-def predict(oracle: Oracle, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
-    "Predicted class indices per attribute of `images (N, 3, H, W)` in [0, 1] (eval mode, batched)."
+def class_probabilities(oracle: Oracle, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    "Softmax probabilities `(N, n_classes)` per attribute of `images (N, 3, H, W)` in [0, 1] (eval mode, batched)."
     oracle.eval()
     outs = [oracle(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return {a: torch.cat([o[a].argmax(1).cpu() for o in outs]) for a in oracle.heads}
+    return {a: torch.cat([o[a].float().softmax(1).cpu() for o in outs]) for a in oracle.heads}
+
+def predict(oracle: Oracle, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    "Predicted class indices per attribute of `images (N, 3, H, W)` in [0, 1]."
+    return {a: p.argmax(1) for a, p in class_probabilities(oracle, images, batch_size).items()}
 
 def oracle_accuracy(oracle: Oracle, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
     "Fraction of `images` whose predicted class equals the renderer's label, per attribute."
@@ -225,20 +229,27 @@ def shipped_oracle() -> Oracle:
     return load_oracle()
 
 # %% ../nbs/18_oracle.ipynb #9108378b
-def read_images(images: Sequence[str | Path] | torch.Tensor, oracle: Oracle | None = None,
-                batch_size: int = 512) -> pd.DataFrame:
-    "The oracle's reading of images (paths, or a `(N, 3, H, W)` tensor in [0, 1]): columns `shape, colour, texture, background`."
+UNKNOWN = 'unknown'  # the reading of an attribute the oracle is not confident about (see `min_confidence`)
+
+def read_images(images: Sequence[str | Path] | torch.Tensor, oracle: Oracle | None = None, batch_size: int = 512,
+                min_confidence: float = 0.0) -> pd.DataFrame:
+    "The oracle's reading of images (paths or a `(N, 3, H, W)` tensor in [0, 1]): each attribute and its `<attr>_confidence`."
     oracle = oracle if oracle is not None else shipped_oracle()
     if not isinstance(images, torch.Tensor):
         from open_forgetting.generate import load_images
         paths = [str(p) for p in images]
+        if not paths: raise ValueError("read_images got no images; pass a non-empty list of paths or a tensor.")
         uniq = list(dict.fromkeys(paths))  # each file is read once
-        table = read_images(load_images(uniq), oracle, batch_size) if uniq else pd.DataFrame(columns=list(ATTRIBUTES))
+        table = read_images(load_images(uniq), oracle, batch_size, min_confidence)
         return table.set_axis(uniq).loc[paths].reset_index(drop=True)
-    pred = predict(oracle, images, batch_size)
-    return pd.DataFrame({a: [oracle.config.classes[a][int(i)] for i in pred[a]] for a in pred})
+    out = {}
+    for a, p in class_probabilities(oracle, images, batch_size).items():
+        conf, idx = p.max(1)
+        out[a] = [oracle.config.classes[a][int(i)] if c >= min_confidence else UNKNOWN for c, i in zip(conf, idx)]
+        out[f'{a}_confidence'] = conf.numpy()
+    return pd.DataFrame(out)
 
-# %% ../nbs/18_oracle.ipynb #5d5b28ab
+# %% ../nbs/18_oracle.ipynb #e4359f3d
 _WORDS = {**{s: 'shape' for s in ORACLE_CLASSES['shape']}, **{c: 'colour' for c in COLOURS},
           **{t: 'texture' for t in ORACLE_CLASSES['texture']}}
 
@@ -256,21 +267,21 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
         out[_WORDS[w]] = w
     return dict(sorted(out.items(), key=lambda kv: ATTRIBUTES.index(kv[0])))
 
-# %% ../nbs/18_oracle.ipynb #3aa6b6d6
+# %% ../nbs/18_oracle.ipynb #abf71a0e
 def _need(manifest: pd.DataFrame, cols: Sequence[str], what: str):
     missing = [c for c in cols if c not in manifest.columns]
     if missing: raise ValueError(f"{what} needs a manifest with columns {list(cols)}; missing {missing} "
                                  "(pass the DataFrame `generate.generate` returns).")
 
-def _with_reads(manifest: pd.DataFrame, oracle: Oracle | None) -> pd.DataFrame:
+def _with_reads(manifest: pd.DataFrame, oracle: Oracle | None, min_confidence: float = 0.0) -> pd.DataFrame:
     "The manifest with the oracle's reading of each row's image, columns `read_<attribute>`."
-    reads = read_images(manifest['path'].tolist(), oracle).add_prefix('read_')
+    reads = read_images(manifest['path'].tolist(), oracle, min_confidence=min_confidence).add_prefix('read_')
     return pd.concat([manifest.reset_index(drop=True), reads], axis=1)
 
-def adherence_table(manifest: pd.DataFrame, oracle: Oracle | None = None) -> pd.DataFrame:
+def adherence_table(manifest: pd.DataFrame, oracle: Oracle | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
     "Per generation: the oracle's reading and whether it matches each attribute the prompt asks (NaN where not asked)."
     _need(manifest, ['model', 'prompt', 'seed', 'path'], 'prompt adherence')
-    t = _with_reads(manifest, oracle)
+    t = _with_reads(manifest, oracle, min_confidence)
     asked = [prompt_attributes(p) for p in t['prompt']]
     for a in ATTRIBUTES:
         t[f'match_{a}'] = [float(r == q[a]) if a in q else np.nan for r, q in zip(t[f'read_{a}'], asked)]
@@ -278,14 +289,14 @@ def adherence_table(manifest: pd.DataFrame, oracle: Oracle | None = None) -> pd.
     t['adherent'] = np.where(m.notna().any(axis=1), (m.fillna(1) == 1).all(axis=1).astype(float), np.nan)
     return t
 
-def prompt_adherence(manifest: pd.DataFrame, oracle: Oracle | None = None) -> pd.DataFrame:
+def prompt_adherence(manifest: pd.DataFrame, oracle: Oracle | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
     "Per model: the fraction of generations matching all their prompt's attributes, and per attribute. [ours]"
-    t = adherence_table(manifest, oracle)
+    t = adherence_table(manifest, oracle, min_confidence)
     cols = ['adherent'] + [f'match_{a}' for a in ATTRIBUTES]
     out = t.groupby('model', sort=False)[cols].mean().rename(columns=lambda c: c.replace('match_', '').replace('adherent', 'adherence'))
     return out.assign(n=t.groupby('model', sort=False)['adherent'].count()).reset_index()
 
-# %% ../nbs/18_oracle.ipynb #abf71a0e
+# %% ../nbs/18_oracle.ipynb #fb17e7e9
 def pair_generations(base: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
     "Rows of two manifests paired by `(prompt, seed)`: columns `prompt, seed, model_base, path_base, model_tuned, path_tuned`."
     for m, w in ((base, 'base'), (tuned, 'tuned')): _need(m, ['model', 'prompt', 'seed', 'path'], f'pairing ({w})')
@@ -294,21 +305,21 @@ def pair_generations(base: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
     if pairs.empty: raise ValueError("The two manifests share no (prompt, seed): generate both models with the same prompts and seeds.")
     return pairs
 
-def ground_truth_drift(pairs: pd.DataFrame, oracle: Oracle | None = None) -> pd.DataFrame:
+def ground_truth_drift(pairs: pd.DataFrame, oracle: Oracle | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
     "Per tuned model: the fraction of paired generations whose oracle reading differs (any attribute, and per attribute). [ours]"
     _need(pairs, ['prompt', 'seed', 'model_tuned', 'path_base', 'path_tuned'], 'ground-truth drift (see pair_generations)')
-    rb = read_images(pairs['path_base'].tolist(), oracle)
-    rt = read_images(pairs['path_tuned'].tolist(), oracle)
+    rb = read_images(pairs['path_base'].tolist(), oracle, min_confidence=min_confidence)
+    rt = read_images(pairs['path_tuned'].tolist(), oracle, min_confidence=min_confidence)
     diff = pd.DataFrame({a: (rb[a].values != rt[a].values).astype(float) for a in ATTRIBUTES})
     diff.insert(0, 'drift', diff.max(axis=1)); diff['model'] = pairs['model_tuned'].values
     out = diff.groupby('model', sort=False).mean()
     return out.assign(n=diff.groupby('model', sort=False).size()).reset_index()
 
-def ground_truth_fidelity(manifest: pd.DataFrame, concept: str, oracle: Oracle | None = None) -> pd.DataFrame:
+def ground_truth_fidelity(manifest: pd.DataFrame, concept: str, oracle: Oracle | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
     "Per model: the fraction of generations (of the concept's prompts) the oracle reads as the concept's shape. [ours]"
     if concept not in NOVEL_CONCEPTS: raise ValueError(f"Unknown concept {concept!r}; expected one of {list(NOVEL_CONCEPTS)}.")
     _need(manifest, ['model', 'path'], 'ground-truth fidelity')
-    t = _with_reads(manifest, oracle)
+    t = _with_reads(manifest, oracle, min_confidence)
     t['fidelity'] = (t['read_shape'] == NOVEL_CONCEPTS[concept].shape).astype(float)
     return t.groupby('model', sort=False)['fidelity'].agg(['mean', 'count']).rename(
         columns={'mean': 'fidelity', 'count': 'n'}).reset_index()

@@ -93,3 +93,17 @@ def test_prompt_attributes_round_trip_on_the_worlds_captions():
         assert asked and all(v in p.split() for v in asked.values())
     with pytest.raises(ValueError, match="'pink'"):
         orc.prompt_attributes('a pink circle')
+
+
+def test_confidence_and_unknown_readings(oracle):
+    items = [mw.world_item(i, seed=51, split='test') for i in range(200)]
+    x = orc.render_items(items)
+    reads = orc.read_images(x, oracle)
+    conf = reads[[f'{a}_confidence' for a in orc.ATTRIBUTES]]
+    assert ((conf > 0) & (conf <= 1)).all().all()
+    assert (conf >= 0.9).mean().min() >= 0.97       # renders are read with confidence
+    unknown = orc.read_images(x, oracle, min_confidence=1.01)  # no probability exceeds 1
+    assert (unknown[list(orc.ATTRIBUTES)] == orc.UNKNOWN).all().all()
+    # a uniform grey image shows no shape: its reading is less confident than the renders'
+    grey = orc.read_images(torch.full((1, 3, 32, 32), 0.5), oracle)
+    assert grey['shape_confidence'].iloc[0] < conf['shape_confidence'].median()
