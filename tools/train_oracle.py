@@ -15,8 +15,9 @@ from open_forgetting.oracle import OracleTrainConfig, save_oracle, train_oracle
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default=str(Path(__file__).resolve().parents[1] / 'data' / 'miniworld' / 'oracle'))
+    numbers = {'int': int, 'float': float}  # the recipe's scalar fields (annotations are strings under `from __future__`)
     for f in fields(OracleTrainConfig):
-        if f.type in ('int', 'float', int, float): p.add_argument(f'--{f.name.replace("_", "-")}', type=eval(str(f.type)) if isinstance(f.type, str) else f.type)
+        if str(f.type) in numbers: p.add_argument(f'--{f.name.replace("_", "-")}', type=numbers[str(f.type)])
     p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: the recipe is timed on one)')
     p.add_argument('--min-accuracy', type=float, default=0.98, help='refuse to ship an oracle below this held-out accuracy')
     a = p.parse_args(argv)
