@@ -82,6 +82,12 @@ class World:
     def concept_checks(self, study, model, concept: str, instance_prompt: str) -> dict | None:
         "Extra checks that the customized `model` learned `concept` (None when the world has none)."
         return None
+    def ground_truth(self, study, manifest: pd.DataFrame, label: str) -> dict[str, pd.DataFrame]:
+        "Ground-truth tables of paired generations where the world can read what an image depicts (none by default)."
+        return {}
+    def ground_truth_fidelity(self, study, manifest: pd.DataFrame, concept: str) -> pd.DataFrame | None:
+        "The fraction of concept generations that depict the concept, where the world can tell (None by default)."
+        return None
 
 _WORLDS: dict[str, World] = {}
 
@@ -167,6 +173,15 @@ class MiniWorld(World):
     def concept_checks(self, study, model, concept, instance_prompt):
         "How many held-out views of the concept the model classifies as its instance prompt (vs the world's shapes)."
         return concept_identification(model, concept, instance_prompt, config=self.classifier_config(study, 'miniworld:shape'))
+    def ground_truth(self, study, manifest, label):
+        "The oracle (`18_oracle`) reads the generations: prompt adherence per model, and ground-truth drift of `label` vs base on seed set A."
+        from open_forgetting.oracle import prompt_adherence, pair_generations, ground_truth_drift
+        paired = manifest[manifest.seed.isin(study.seeds.paired)]
+        pairs = pair_generations(paired[paired.model == 'base'], paired[paired.model == label])
+        return {'adherence': prompt_adherence(paired).reset_index(), 'ground_truth_drift': ground_truth_drift(pairs).reset_index()}
+    def ground_truth_fidelity(self, study, manifest, concept):
+        from open_forgetting.oracle import ground_truth_fidelity
+        return ground_truth_fidelity(manifest, concept).reset_index()
 
 def miniworld_dc_prompt_file(n: int = 256, seed: int = 1) -> Path:
     "A file of `n` captions of the miniature world: DC's regularization prompts there (SD-style prompts are out of its vocabulary)."

@@ -136,3 +136,14 @@ def test_shipped_clip_round_trip_and_ranks():
     fp = torch.nn.functional.normalize(clip.encode_text(mw.miniworld_prompts('shape').prompt.tolist()), dim=-1)
     acc = ((fi @ fp.T).argmax(1) == torch.tensor(ds.labels)).float().mean().item()
     assert acc >= 3 / len(ds.classes)
+
+
+def test_manifest_lists_every_shipped_weight_file_with_its_size():
+    "The manifest covers the shipped weights (base, clip, the oracle): every listed file exists with its recorded size, and no weight file is unlisted."
+    man = json.loads((MINI / 'manifest.json').read_text())
+    for name, size in man['files'].items():
+        if name.endswith('.md'): continue                       # prose changes size; the weights may not
+        assert (MINI / name).stat().st_size == size, name
+    shipped = {str(p.relative_to(MINI)) for p in MINI.rglob('*.safetensors')}
+    assert shipped <= set(man['files']), shipped - set(man['files'])
+    assert 'oracle/model.safetensors' in man['files']
