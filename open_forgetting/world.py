@@ -178,10 +178,10 @@ class MiniWorld(World):
         from open_forgetting.oracle import prompt_adherence, pair_generations, ground_truth_drift
         paired = manifest[manifest.seed.isin(study.seeds.paired)]
         pairs = pair_generations(paired[paired.model == 'base'], paired[paired.model == label])
-        return {'adherence': prompt_adherence(paired).reset_index(), 'ground_truth_drift': ground_truth_drift(pairs).reset_index()}
+        return {'adherence': prompt_adherence(paired), 'ground_truth_drift': ground_truth_drift(pairs)}
     def ground_truth_fidelity(self, study, manifest, concept):
         from open_forgetting.oracle import ground_truth_fidelity
-        return ground_truth_fidelity(manifest, concept).reset_index()
+        return ground_truth_fidelity(manifest, concept)
 
 def miniworld_dc_prompt_file(n: int = 256, seed: int = 1) -> Path:
     "A file of `n` captions of the miniature world: DC's regularization prompts there (SD-style prompts are out of its vocabulary)."
