@@ -91,7 +91,7 @@ def headline(tables: Mapping[str, pd.DataFrame]) -> list[str]:
     if 'semantic_drift' in tables:
         for r in tables['semantic_drift'].query('model == @TUNED').itertuples():
             lines.append(f"{r.dataset}: zero-shot accuracy {r.base_accuracy:.1f} -> {r.accuracy:.1f} (mean drop {r.drop:.1f}, paired 95% CI "
-                         f"{r.drop_lo:.1f} to {r.drop_hi:.1f}; worst class {r.worst_class}, -{r.worst_drop:.1f})")
+                         f"{r.drop_lo:.1f} to {r.drop_hi:.1f}; worst class {r.worst_class}, {r.worst_drop:.1f} points lost)")
     a = tables['appearance'].set_index('model')
     ctrl = [m for m in a.index if m != TUNED]
     if TUNED in a.index and ctrl:
