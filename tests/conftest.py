@@ -33,3 +33,21 @@ def small():
     "An even smaller tiny model (8/16 channels) for loss and training-loop tests (fresh per module: tests may train it)."
     from open_forgetting.models import tiny_components
     return tiny_components(seed=0, channels=(8, 16), text_dim=16, norm_num_groups=4)
+
+
+def write_images(folder, n=3, size=(40, 48), seed=0):
+    "`n` random RGB PNGs in `folder` (created): an instance-image folder for training tests."
+    from pathlib import Path
+    import numpy as np
+    from PIL import Image
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n): Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f'{i:02d}.png')
+    return folder
+
+
+@pytest.fixture(scope='module')
+def concept(tmp_path_factory):
+    "A three-image toy concept (class noun 'toy'), fresh per module."
+    from open_forgetting.train import load_concept
+    return load_concept(write_images(tmp_path_factory.mktemp('concept') / 'toy_subject'), class_noun='toy')

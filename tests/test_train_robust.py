@@ -18,15 +18,7 @@ from open_forgetting.train import (TrainConfig, Trainer, customize, load_customi
                                    class_images, NonFiniteLossError)
 
 
-def _images(folder, n=3, size=(40, 48), seed=0):
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n): Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f'{i:02d}.png')
-    return folder
-
-@pytest.fixture(scope='module')
-def concept(tmp_path_factory):
-    return load_concept(_images(tmp_path_factory.mktemp('concept') / 'toy_subject'), class_noun='toy')
+from conftest import write_images as _images   # the shared `concept` fixture is in conftest.py
 
 @pytest.fixture(scope='module')
 def prompt_file(tmp_path_factory):
