@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'get_dtype', 'seed_everything', 'torch_generator', 'home_dir', 'cache_dir', 'repo_root', 'shipped_path',
-           'data_path', 'atomic_write', 'atomic_save_json', 'load_json', 'stable_hash', 'model_fingerprint', 'batched',
-           'DamagedFileError', 'NonFiniteError', 'file_sha256', 'quarantine', 'check_finite', 'check_name']
+__all__ = ['get_device', 'get_dtype', 'free_memory', 'peak_memory', 'format_bytes', 'seed_everything', 'torch_generator',
+           'home_dir', 'cache_dir', 'repo_root', 'shipped_path', 'data_path', 'atomic_write', 'atomic_save_json',
+           'load_json', 'stable_hash', 'model_fingerprint', 'batched', 'DamagedFileError', 'NonFiniteError',
+           'file_sha256', 'quarantine', 'check_finite', 'check_name']
 
 # %% ../nbs/00_core.ipynb #26eb37f0
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
@@ -43,6 +44,39 @@ def get_dtype(device: str | torch.device | None = None, dtype: str | torch.dtype
     if device.type == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == 'mps': return torch.float16
     return torch.float32
+
+# %% ../nbs/00_core.ipynb #fdeacb94
+def free_memory(device: str | torch.device | None = None) -> int:
+    "Bytes free for new tensors on `device`: CUDA's free device memory, else the host's available memory."
+    device = get_device(device)
+    if device.type == 'cuda': return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+    return int(psutil.virtual_memory().available)
+
+def peak_memory(fn, device: str | torch.device | None = None, interval_s: float = 0.001) -> tuple[Any, int]:
+    "`(fn(), bytes)`: the most memory `fn` held at once on `device` beyond what was held when it started [ours]."
+    device = get_device(device)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device); before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn(); torch.cuda.synchronize(device)
+        return out, max(0, int(torch.cuda.max_memory_allocated(device)) - before)
+    import psutil, threading
+    proc, stop, peak = psutil.Process(), threading.Event(), [0]
+    anon = lambda: (lambda m: m.rss - m.shared)(proc.memory_info())   # anonymous memory: not the code pages a first call reads in
+    before = anon()
+    def sample():
+        while not stop.is_set(): peak[0] = max(peak[0], anon()); stop.wait(interval_s)
+    thread = threading.Thread(target=sample, daemon=True); thread.start()
+    try: out = fn()
+    finally: stop.set(); thread.join()
+    return out, max(0, max(peak[0], anon()) - before)
+
+def format_bytes(n: float) -> str:
+    "`n` bytes for people: '512 B', '3.1 MB', '12.0 GB'."
+    for unit in ('B', 'kB', 'MB', 'GB', 'TB'):
+        if abs(n) < 1000 or unit == 'TB': return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1000
 
 # %% ../nbs/00_core.ipynb #24bfa243
 def seed_everything(seed: int, deterministic: bool = False) -> None:
