@@ -18,17 +18,19 @@ from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
 from .core import (DamagedFileError, NonFiniteError, atomic_save_json, atomic_write, cache_dir, check_finite,
-                                  get_device, get_dtype, load_json, quarantine, stable_hash, torch_generator)
+                                  free_memory, format_bytes, get_device, get_dtype, load_json, peak_memory, quarantine,
+                                  stable_hash, torch_generator)
 from .models import Components, encode_images, encode_prompts
 from .data import (ClassificationDataset, as_classification_dataset, load_prompts, validate_prompts,
                                   class_names)
 
 # %% auto #0
-__all__ = ['LOSSES', 'SCHEDULES', 'ClassifierConfig', 'schedule_for', 'timestep_grid', 'stage_timesteps', 'evaluations_per_image',
-           'paired_noise', 'prefix_modules', 'PrefixSharing', 'ImageResult', 'classify_latents', 'classify_latent',
-           'image_group_size', 'auto_batch_size', 'preprocess_image', 'CompiledOrEager', 'merge_shards', 'run_key',
-           'classify', 'classify_models', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'drift_report',
-           'table1', 'score_drift', 'class_scores', 'predict_proba', 'fit_temperature']
+__all__ = ['LOSSES', 'SCHEDULES', 'MEMORY_FRACTION', 'ClassifierConfig', 'schedule_for', 'timestep_grid', 'stage_timesteps',
+           'evaluations_per_image', 'paired_noise', 'prefix_modules', 'PrefixSharing', 'ImageResult',
+           'classify_latents', 'classify_latent', 'image_group_size', 'memory_cap', 'measure_batch_size',
+           'auto_batch_size', 'preprocess_image', 'CompiledOrEager', 'merge_shards', 'run_key', 'classify',
+           'classify_models', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'drift_report', 'table1',
+           'score_drift', 'class_scores', 'predict_proba', 'fit_temperature']
 
 # %% ../nbs/03_classifier.ipynb #574c6771
 LOSSES = ('l1', 'l2', 'huber')
@@ -272,12 +274,19 @@ def classify_latent(unet: Callable, latent: torch.Tensor, text_embeddings: torch
 _MAX_AUTO_GROUP = 32   # images per group when `images_per_batch` is None: bounds the VAE batch and the work an interruption loses
 _DEFAULT_BATCH = 32    # the safe batch size: the reference's, used when nothing was measured or measuring failed
 _BATCH_CANDIDATES = (8, 16, 32, 64, 128, 256, 512)
+MEMORY_FRACTION = 0.5  # share of the device's free memory one UNet or VAE call may take (the measured peak can be low: core.peak_memory)
 
-def image_group_size(config: ClassifierConfig, n_prompts: int, num_train_timesteps: int = 1000, batch_size: int | None = None) -> int:
-    "Images `classify` runs together: `config.images_per_batch`, or as many as fill one UNet batch with first-stage samples (at most 32)."
+def image_group_size(config: ClassifierConfig, n_prompts: int, num_train_timesteps: int = 1000, batch_size: int | None = None,
+                     max_images: int | None = None) -> int:
+    "Images `classify` runs together: `config.images_per_batch`, or as many as fill one UNet batch with first-stage samples (at most 32, and at most `max_images`: what memory allows)."
     if config.images_per_batch is not None: return config.images_per_batch
     first = n_prompts * len(stage_timesteps(config.n_samples, num_train_timesteps)[0])
-    return max(1, min(_MAX_AUTO_GROUP, (batch_size or config.batch_size or _DEFAULT_BATCH) // first))
+    fill = (batch_size or config.batch_size or _DEFAULT_BATCH) // first
+    return max(1, min(_MAX_AUTO_GROUP, fill, max_images or _MAX_AUTO_GROUP))
+
+def memory_cap(bytes_each: float, free_bytes: int, fraction: float = MEMORY_FRACTION) -> int:
+    "How many items of `bytes_each` fit in `fraction` of `free_bytes` (at least 1) [ours]."
+    return max(1, int(fraction * free_bytes // max(bytes_each, 1.0)))
 
 def _time_call(fn, repeats: int = 2) -> float:
     "Best of `repeats` wall times of `fn()` after one warm-up call."
@@ -286,38 +295,48 @@ def _time_call(fn, repeats: int = 2) -> float:
         t0 = time.perf_counter(); fn(); best = min(best, time.perf_counter() - t0)
     return best
 
-_BATCH_MEMO: dict[str, int] = {}
+_BATCH_MEMO: dict[str, dict] = {}
 
 @torch.inference_mode()
-def auto_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
-                    dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
-                    measure: bool = True, refresh: bool = False) -> int:
-    "The UNet batch size with the most samples per second on this device, measured once per (device, threads, UNet config, shapes) and cached (`refresh`: measure again); 32 if unmeasured."
+def measure_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
+                       dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
+                       measure: bool = True, refresh: bool = False) -> dict:
+    "The fastest UNet batch and its memory per sample on this device: `{batch_size, bytes_per_sample, samples_per_s}`, measured once per (device, threads, UNet config, shapes) and cached on disk."
     dev = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
-    key = stable_hash(dict(v=1, device=dev, threads=torch.get_num_threads(), unet=getattr(unet, 'config', type(unet).__name__),
+    key = stable_hash(dict(v=2, device=dev, threads=torch.get_num_threads(), unet=getattr(unet, 'config', type(unet).__name__),
                            latent=list(latent_shape), text=list(text_shape), dtype=str(dtype)))
     path = cache_dir('classifier-batch') / f'{key}.json'
     if key in _BATCH_MEMO and not refresh: return _BATCH_MEMO[key]
     if not refresh:
-        with contextlib.suppress(Exception): _BATCH_MEMO[key] = int(load_json(path)['batch_size']); return _BATCH_MEMO[key]
-    if not measure: return _DEFAULT_BATCH
+        with contextlib.suppress(Exception):
+            r = load_json(path); _BATCH_MEMO[key] = dict(r, batch_size=int(r['batch_size'])); return _BATCH_MEMO[key]
+    if not measure: return dict(batch_size=_DEFAULT_BATCH, bytes_per_sample=None, samples_per_s={})
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-    best, best_rate, rates = _DEFAULT_BATCH, 0.0, {}
+    budget = MEMORY_FRACTION * free_memory(device)
+    best, best_rate, rates, per_sample = _DEFAULT_BATCH, 0.0, {}, 0.0
     for b in _BATCH_CANDIDATES:
         x = torch.randn(b, *latent_shape, device=device); t = torch.full((b,), 500, device=device)
         e = torch.randn(b, *text_shape, device=device)
         def call():
             with autocast(): unet(x, t, encoder_hidden_states=e)
             sync()
-        try: seconds = _time_call(call)
+        try: _, held = peak_memory(call, device); seconds = _time_call(call, repeats=2)   # the peak is read on the warm-up call
         except torch.OutOfMemoryError: break                        # too big for this device: the last fitting size stands
-        rates[b] = b / seconds
+        per_sample, rates[b] = max(per_sample, held / b), b / seconds
         if rates[b] > best_rate * 1.03: best, best_rate = b, rates[b]   # a bigger batch must be clearly faster
-        if seconds > max_call_s or rates[b] < 0.8 * best_rate: break
-    atomic_save_json(dict(batch_size=best, samples_per_s={str(k): v for k, v in rates.items()}, device=dev,
-                          threads=torch.get_num_threads()), path)
-    _BATCH_MEMO[key] = best
-    return best
+        if seconds > max_call_s or rates[b] < 0.8 * best_rate or 2 * b * per_sample > budget: break
+    r = dict(batch_size=best, bytes_per_sample=per_sample, samples_per_s={str(k): v for k, v in rates.items()}, device=dev,
+             threads=torch.get_num_threads())
+    atomic_save_json(r, path); _BATCH_MEMO[key] = r
+    return r
+
+def auto_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
+                    dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
+                    measure: bool = True, refresh: bool = False) -> int:
+    "The UNet batch size for `classify`: the fastest measured (`measure_batch_size`), capped by what the device's free memory holds now; 32 if unmeasured."
+    r = measure_batch_size(unet, latent_shape, text_shape, device, dtype, autocast, max_call_s, measure, refresh)
+    if not r.get('bytes_per_sample'): return r['batch_size']
+    return min(r['batch_size'], memory_cap(r['bytes_per_sample'], free_memory(device)))
 
 # %% ../nbs/03_classifier.ipynb #241bab3c
 def preprocess_image(image, resolution: int, interpolation: str = 'bicubic') -> torch.Tensor:
@@ -436,13 +455,19 @@ def _read_cached(path: Path, image_id: int, label: int) -> ImageResult | None:
     return r
 
 def _resolve_batch_size(config: ClassifierConfig, components: Components, device, dtype, resolution: int, text_shape) -> ClassifierConfig:
-    "`config` with `batch_size` set: the given one, else `auto_batch_size` for this device, model and latent size."
+    "`config` with `batch_size` set: the given one, else `auto_batch_size` for this device, model and latent size (memory-capped)."
     if config.batch_size is not None: return config
     unet = components.unet
     if not hasattr(unet, 'config'): return replace(config, batch_size=_DEFAULT_BATCH)
     side = resolution // components.vae_downsample
     latent = (unet.config.in_channels, side, side)
     return replace(config, batch_size=auto_batch_size(unet, latent, tuple(text_shape), device, dtype, _autocast(device, dtype)))
+
+_REPORTED: set[str] = set()
+
+def _report_once(message: str) -> None:
+    "Print a setting chosen for the user (batch size, images per VAE call) once per process."
+    if message not in _REPORTED: _REPORTED.add(message); print(message, flush=True)
 
 def classify(components: Components, dataset, prompts: pd.DataFrame | str | None = None,
              config: ClassifierConfig | None = None, seed: int = 0, cache: bool = True, shard='auto',
@@ -486,10 +511,16 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
 
     def run_pending():
         "Classify the pending images together: one VAE batch, shared UNet calls, one cache file each."
-        nonlocal text_embeddings, n_done
+        nonlocal text_embeddings, n_done, vae_cap, group
         images = [ds[pos][0] for pos, _, _ in pending]
         x = torch.stack([preprocess_image(image, resolution, config.interpolation) for image in images])
-        z0 = encode_images(components, x.to(components.vae.device)).float()
+        if vae_cap is None:                   # the first group is one image: its VAE peak bounds the later groups
+            z0, held = peak_memory(lambda: encode_images(components, x.to(components.vae.device)).float(), components.vae.device)
+            vae_cap = memory_cap(held / len(images), free_memory(components.vae.device))
+            group = image_group_size(run_config, len(prompts), len(acp), max_images=vae_cap)
+            _report_once(f"classify on {device}: {run_config.batch_size} UNet samples per call, {group} images per group "
+                         f"(VAE {format_bytes(held / len(images))} per image at {resolution} px; set batch_size / images_per_batch to choose)")
+        else: z0 = encode_images(components, x.to(components.vae.device)).float()
         noises = torch.stack([paired_noise(seed, image_id, max(config.n_samples), z0.shape[1:]) for _, image_id, _ in pending])
         with _memory_format(components.unet, config.channels_last):
             results = classify_latents(unet, z0, text_embeddings, noises, acp, run_config, prediction_type, _autocast(device, dtype), who)
@@ -506,9 +537,9 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
         text_embeddings = encode_prompts(components, prompts.prompt.tolist()).to(device)
         run_config = _resolve_batch_size(config, components, device, dtype, resolution, text_embeddings.shape[1:])
         unet = _maybe_compile(components.unet, config.compile)
-        group = image_group_size(run_config, len(prompts), len(acp))
+        group = 1 if vae_cap is None and config.images_per_batch is None else image_group_size(run_config, len(prompts), len(acp))
 
-    run_config, unet = config, components.unet
+    run_config, unet, vae_cap = config, components.unet, None
     for pos in mine:
         image_id, label = int(ds.image_ids[pos]), int(ds.labels[pos])
         path = folder / f'{image_id:08d}.npz' if folder is not None else None
