@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .core import (get_dtype, torch_generator, cache_dir, atomic_write, atomic_save_json, load_json,
                                   stable_hash, batched, quarantine, check_finite)
-from .models import Components, encode_prompts, decode_latents
+from .models import Components, encode_prompts, decode_latents, sampling_scheduler, PIPELINE_SCHEDULER_FIXUP
 
 # %% auto #0
 __all__ = ['MANIFEST_COLUMNS', 'GenerationSettings', 'make_scheduler', 'latent_shape', 'initial_latents', 'sample', 'save_png',
@@ -80,19 +80,21 @@ class GenerationSettings:
         d = asdict(self); d.pop('batch_size')
         d['height'], d['width'] = self.size(components)
         d['dtype'] = str(get_dtype(components.device, self.dtype)).replace('torch.', '')
+        cfg = components.scheduler.config   # [ours] images an outdated config made before sampling applied diffusers' repairs are not reused
+        if any(k in cfg and cfg[k] != v for k, v in PIPELINE_SCHEDULER_FIXUP.items()): d['scheduler_repaired'] = True
         return d
 
     def hash(self, components: Components) -> str: return stable_hash(self.key(components))
 
 # %% ../nbs/06_generate.ipynb #4d5875ef
 def make_scheduler(name: str, components: Components):
-    "A fresh diffusers sampling scheduler `name` built from the model's own noise-schedule config."
+    "A fresh diffusers sampling scheduler `name` built from the model's own noise-schedule config, repaired as diffusers' `StableDiffusionPipeline` does (`models.sampling_scheduler`); the model's scheduler is not modified."
     import diffusers
     if name not in _SCHEDULERS: raise ValueError(f"scheduler={name!r} is unknown; use one of {sorted(_SCHEDULERS)}.")
     cls = getattr(diffusers, _SCHEDULERS[name])
     kw = {'dpm': {'algorithm_type': 'dpmsolver++'}, 'dpm++': {'algorithm_type': 'dpmsolver++'},
           'pndm': {'skip_prk_steps': True}}.get(name, {})   # PNDM as Stable Diffusion runs it (PLMS only)
-    return cls.from_config(components.scheduler.config, **kw)
+    return sampling_scheduler(components.scheduler, cls, **kw)   # steps_offset 1, clip_sample False: what diffusers' pipeline samples with
 
 def latent_shape(components: Components, settings: GenerationSettings) -> tuple[int, int, int]:
     "(C, h, w) of one initial latent for `settings` on `components`."

@@ -219,9 +219,10 @@ def check_same_architecture(base: Components, tuned: Components) -> None:
 
 # %% ../nbs/15_interop.ipynb #52868b98
 def _editable_copy(base: Components, text: bool = True) -> Components:
-    "A copy of `base` whose UNet (and text encoder and tokenizer when `text`) can change without touching `base`."
+    "A copy of `base` whose UNet (and text encoder and tokenizer when `text`) can change without touching `base`; the scheduler is its own copy too."
     return Components(copy.deepcopy(base.unet), base.vae, copy.deepcopy(base.text_encoder) if text else base.text_encoder,
-                      copy.deepcopy(base.tokenizer) if text else base.tokenizer, base.scheduler, base.source)
+                      copy.deepcopy(base.tokenizer) if text else base.tokenizer, type(base.scheduler).from_config(base.scheduler.config),
+                      base.source)
 
 def _mismatch(kind: str, path, base: Components, e: Exception) -> AdapterMismatchError:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()] or ['']

@@ -17,10 +17,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .core import get_device, get_dtype, model_fingerprint, stable_hash, batched, _config_of
 
 # %% auto #0
-__all__ = ['PICKLE_SUFFIXES', 'CONVERT_HINT', 'weights_state', 'weights_fingerprint', 'Components', 'tokenize', 'encode_prompts',
-           'encode_images', 'decode_latents', 'build_clip_tokenizer', 'sd_scheduler', 'tiny_components',
-           'ModelNotAvailableError', 'UnsafeWeightsError', 'save_components', 'refuse_pickle', 'load_single_file',
-           'load_components', 'to_pipeline']
+__all__ = ['PICKLE_SUFFIXES', 'CONVERT_HINT', 'PIPELINE_SCHEDULER_FIXUP', 'weights_state', 'weights_fingerprint', 'Components',
+           'tokenize', 'encode_prompts', 'encode_images', 'decode_latents', 'build_clip_tokenizer', 'sd_scheduler',
+           'tiny_components', 'ModelNotAvailableError', 'UnsafeWeightsError', 'save_components', 'refuse_pickle',
+           'load_single_file', 'load_components', 'sampling_scheduler', 'to_pipeline']
 
 # %% ../nbs/01_models.ipynb #eacc6538
 _FP_MEMO: 'weakref.WeakKeyDictionary[torch.nn.Module, tuple]' = weakref.WeakKeyDictionary()
@@ -282,7 +282,10 @@ def load_single_file(path: str | Path, config: str | Path | None = None, dtype: 
         raise ModelNotAvailableError(f"Could not load the single-file checkpoint {str(path)!r} with config {str(config)!r}: "
                                      f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. The config folder must be the "
                                      "same architecture as the checkpoint (a checkpoint for SD 1.x needs an SD 1.x config).") from e
-    return _components_from(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path), device, dtype, vae_dtype)
+    scheduler = pipe.scheduler   # repaired in place by the pipeline's __init__ (see `to_pipeline`): read the config folder's as written
+    if config is not None and (Path(config) / 'scheduler').is_dir():
+        scheduler = DDPMScheduler.from_pretrained(str(config), subfolder='scheduler', local_files_only=True)
+    return _components_from(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, str(path), device, dtype, vae_dtype)
 
 # %% ../nbs/01_models.ipynb #da376bf1
 def load_components(source: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
@@ -316,9 +319,22 @@ def load_components(source: str | Path, dtype: str | torch.dtype | None = None, 
     return _components_from(unet, vae, text_encoder, tokenizer, scheduler, src, device, dtype, vae_dtype)
 
 # %% ../nbs/01_models.ipynb #26b0f7e9
+PIPELINE_SCHEDULER_FIXUP = {'steps_offset': 1, 'clip_sample': False}   # what diffusers' StableDiffusionPipeline.__init__ forces on outdated scheduler configs
+
+def sampling_scheduler(scheduler, cls: type | None = None, **kwargs):
+    "A new scheduler of class `cls` (default: `scheduler`'s) from `scheduler`'s config with the repairs diffusers' `StableDiffusionPipeline` applies (steps_offset 1, clip_sample False); `scheduler` is not modified."
+    import inspect
+    cls = cls or type(scheduler)
+    params = inspect.signature(cls.__init__).parameters
+    fix = {k: v for k, v in PIPELINE_SCHEDULER_FIXUP.items() if k in params}   # e.g. Euler has no clip_sample
+    return cls.from_config(scheduler.config, **{**fix, **kwargs})
+
 def to_pipeline(components: Components):
-    "A diffusers `StableDiffusionPipeline` sharing these components (no safety checker), for sampling."
+    "A diffusers `StableDiffusionPipeline` on these networks with a private copy of the scheduler (no safety checker), for sampling; `components` is not modified."
     from diffusers import StableDiffusionPipeline
-    return StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-                                   unet=components.unet, scheduler=components.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    s, unet_config = components.scheduler, components.unet._internal_dict
+    try:
+        return StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+                                       unet=components.unet, scheduler=type(s).from_config(s.config), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    finally: components.unet._internal_dict = unet_config   # __init__ may rewrite an old UNet's sample_size in place
