@@ -69,7 +69,8 @@ def write_encoders(root: Path) -> tuple[str, str]:
     if not dino_dir.exists():
         ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=16,
                            image_size=224), add_pooling_layer=False).save_pretrained(dino_dir, safe_serialization=True)
-    return f'open_clip:ViT-L-14:{clip_file}', str(dino_dir)
+    # the random file stands in for OpenAI's ViT-L-14 weights: 'openai@file' builds the network they were trained in (QuickGELU)
+    return f'open_clip:ViT-L-14:openai@{clip_file}', str(dino_dir)
 
 
 def write_datasets(root: Path, size: int = 96) -> None:

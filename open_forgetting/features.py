@@ -16,8 +16,9 @@ from .core import get_device, get_dtype, batched
 from .models import ModelNotAvailableError
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'ImageTextEncoder', 'check_images', 'preprocess', 'OpenClipEncoder', 'tiny_open_clip',
-           'DinoEncoder', 'tiny_dino', 'EncoderFeatures', 'PrecomputedFeatures', 'InceptionFeatures',
+__all__ = ['RESIZE_MODES', 'CUSTOM_TAG', 'IMAGENET_MEAN', 'IMAGENET_STD', 'ImageTextEncoder', 'check_images', 'preprocess',
+           'EncoderSpecError', 'split_pretrained', 'open_clip_trained_cfg', 'activations', 'OpenClipEncoder',
+           'tiny_open_clip', 'DinoEncoder', 'tiny_dino', 'EncoderFeatures', 'PrecomputedFeatures', 'InceptionFeatures',
            'inception_available', 'kid_feature_module']
 
 # %% ../nbs/07_features.ipynb #ded6c427
@@ -39,60 +40,145 @@ def check_images(images: Tensor, what: str = 'images') -> Tensor:
     if images.dtype == torch.uint8: return images.float() / 255
     return images.float()
 
+RESIZE_MODES = ('shortest', 'longest', 'squash')
+
 def preprocess(images: Tensor, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float],
-               interpolation: str = 'bicubic') -> Tensor:
-    "Resize the short side to `size`, centre crop to `size`, normalise with `mean`/`std` (as CLIP/DINO eval transforms do, on tensors)."
+               interpolation: str = 'bicubic', resize_mode: str = 'shortest') -> Tensor:
+    "Resize to `size` as open_clip's eval transform does for `resize_mode`, normalise with `mean`/`std` (on tensors) [ours]."
+    # open_clip.transform.image_transform works on PIL images one at a time; this is its eval branch on batched tensors:
+    # 'shortest' covers `size` and centre-crops (CLIP, DINO), 'longest' fits inside and pads with 0, 'squash' stretches.
     images = check_images(images)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    mode = {'bicubic': TF.InterpolationMode.BICUBIC, 'bilinear': TF.InterpolationMode.BILINEAR}[interpolation]
-    if tuple(images.shape[-2:]) != size:
-        images = TF.resize(images, min(size), interpolation=mode, antialias=True)
-        images = TF.center_crop(images, list(size))
+    if resize_mode not in RESIZE_MODES: raise ValueError(f"resize_mode={resize_mode!r}: use one of {RESIZE_MODES}.")
+    modes = {'bicubic': TF.InterpolationMode.BICUBIC, 'bilinear': TF.InterpolationMode.BILINEAR}
+    if interpolation not in modes: raise ValueError(f"interpolation={interpolation!r}: use one of {sorted(modes)}.")
+    th, tw = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = images.shape[-2:]
+    if (h, w) != (th, tw):
+        if resize_mode == 'squash': new = [th, tw]
+        elif resize_mode == 'shortest' and th == tw: new = [th]          # torchvision's short-side resize, as open_clip
+        else:                                                            # open_clip's ResizeKeepRatio
+            r = (min if resize_mode == 'shortest' else max)(h / th, w / tw)
+            new = [round(h / r), round(w / r)]
+        images = TF.resize(images, new, interpolation=modes[interpolation], antialias=True)
+        images = TF.center_crop(images, [th, tw])                        # pads with 0 where the image is smaller ('longest')
     return TF.normalize(images.clamp(0, 1), list(mean), list(std))
 
 # %% ../nbs/07_features.ipynb #d6efc5bd
+class EncoderSpecError(ValueError):
+    "An encoder's model name and weights do not describe one trained network (a user error: the message names the fix)."
+
+CUSTOM_TAG = 'custom'   # `custom@file`: your own weights, trained in the network the model name describes
+
 def _looks_like_path(s: str) -> bool:
     return os.sep in s or s.startswith(('.', '~')) or s.endswith(('.bin', '.pt', '.pth', '.safetensors'))
 
+def split_pretrained(pretrained: str | Path | None, model_name: str = '<model>') -> tuple[str | None, Path | None]:
+    "`pretrained` as (tag, file): `'tag'`, `'tag@file'`, `'custom@file'` or None; a bare file is an `EncoderSpecError` [ours]."
+    if pretrained is None: return None, None
+    s = str(pretrained)
+    tag, at, file = s.partition('@')
+    if at and tag and not _looks_like_path(tag):
+        if not file: raise EncoderSpecError(f"pretrained={s!r}: '{tag}@' needs the weights file after '@', e.g. '{tag}@/path/open_clip_model.safetensors'.")
+        return tag, Path(file).expanduser()
+    if isinstance(pretrained, Path) or _looks_like_path(s) or os.path.exists(s):
+        raise EncoderSpecError(
+            f"pretrained={s!r} for open_clip model {model_name!r} is a bare weights file, but a file cannot say which network "
+            f"its weights were trained in (QuickGELU or GELU has no parameters; the preprocessing is not stored either). "
+            f"Declare them: pretrained='openai@{s}' if the file is a copy of the 'openai' tag's weights (any open_clip tag "
+            f"works, e.g. 'laion2b_s34b_b79k@...'), or, for your own weights, name the architecture with its activation "
+            f"(model 'ViT-L-14-quickgelu' for QuickGELU, 'ViT-L-14' for GELU) and write pretrained='{CUSTOM_TAG}@{s}'.")
+    return s, None
+
+# %% ../nbs/07_features.ipynb #e748cdd4
+_PREPROCESS_FIELDS = ('mean', 'std', 'interpolation', 'resize_mode')
+
+def _activation(quick_gelu: bool) -> str: return 'QuickGELU' if quick_gelu else 'GELU'
+
+def open_clip_trained_cfg(model_name: str, tag: str) -> dict:
+    "How `tag`'s weights were trained on `model_name`: `quick_gelu` and eval `preprocess`, from open_clip's registry [ours]."
+    import open_clip
+    from dataclasses import asdict
+    from open_clip.transform import PreprocessCfg
+    model_cfg = open_clip.get_model_config(model_name)
+    if model_cfg is None:
+        raise EncoderSpecError(f"open_clip has no model {model_name!r}; use a name from open_clip.list_models(), e.g. 'ViT-L-14'.")
+    name_gelu = model_cfg.get('quick_gelu')        # None: the name leaves the activation to its weights (GELU by default)
+    if tag == CUSTOM_TAG:                           # your weights: the network exactly as named, open_clip's default preprocessing
+        defaults = asdict(PreprocessCfg())
+        return dict(quick_gelu=bool(name_gelu), preprocess={k: defaults[k] for k in _PREPROCESS_FIELDS})
+    base = model_name.removesuffix('-quickgelu')    # open_clip lists GELU-trained tags under the plain name only
+    trained = open_clip.get_pretrained_cfg(model_name, tag) or open_clip.get_pretrained_cfg(base, tag)
+    if not trained:
+        tags = open_clip.list_pretrained_tags_by_model(model_name) or open_clip.list_pretrained_tags_by_model(base)
+        raise EncoderSpecError(
+            f"{tag!r} is not an open_clip pretrained tag of model {model_name!r} "
+            f"({'its tags: ' + ', '.join(tags) if tags else 'open_clip lists no weights for it'}). Use one of its tags, "
+            f"'<tag>@/path/file' for a local copy of a tag's weights, or '{CUSTOM_TAG}@/path/file' for your own weights.")
+    tag_gelu = bool(trained.get('quick_gelu', False))
+    if name_gelu is not None and bool(name_gelu) != tag_gelu:
+        fix = f'{base}-quickgelu' if tag_gelu else base
+        raise EncoderSpecError(
+            f"open_clip model {model_name!r} is built with {_activation(name_gelu)}, but the weights of tag {tag!r} were "
+            f"trained with {_activation(tag_gelu)}: the network would not be the one that was trained. Use model {fix!r} "
+            f"with tag {tag!r}; for your own weights trained with {_activation(name_gelu)}, write pretrained='{CUSTOM_TAG}@/path/file'.")
+    return dict(quick_gelu=tag_gelu, preprocess={k: trained[k] for k in _PREPROCESS_FIELDS})
+
+# %% ../nbs/07_features.ipynb #5182a73c
+def activations(model: nn.Module) -> set[str]:
+    "Names of the GELU-family activation modules in `model` (`{'QuickGELU'}` for OpenAI's CLIPs through open_clip) [ours]."
+    return {type(m).__name__ for m in model.modules() if type(m).__name__ in ('GELU', 'QuickGELU')}
+
 class OpenClipEncoder:
-    "An `ImageTextEncoder` around an open_clip model (name + pretrained tag or local checkpoint), or around a given `model`."
+    "An `ImageTextEncoder` around an open_clip model built as its weights were trained (name + tag, tag@file, custom@file), or around a given `model`."
     def __init__(self, model_name: str = 'ViT-B-32', pretrained: str | Path | None = None, device=None, dtype=None,
                  model: nn.Module | None = None, tokenizer=None, batch_size: int = 64):
         import open_clip
         self.device = get_device(device); self.dtype = get_dtype(self.device, dtype); self.batch_size = batch_size
         if model is None:
-            model = self._create(model_name, pretrained)
-        if pretrained is None and model is not None and not getattr(model, '_open_forgetting_tiny', False):
+            tag, file = split_pretrained(pretrained, model_name)
+            model = self._create(model_name, tag, file)
+            label = 'random' if tag is None else tag if file is None else f'{tag}@{file.name}'
+        else: label = 'random' if pretrained is None else str(pretrained)
+        if pretrained is None and not getattr(model, '_open_forgetting_tiny', False):
             warnings.warn(f"OpenClipEncoder({model_name!r}, pretrained=None) has random weights: fine for tests, "
-                          "meaningless for metrics. Pass pretrained='openai' or a local checkpoint file.")
+                          "meaningless for metrics. Pass pretrained='openai' or 'openai@/path/to/weights.safetensors'.")
         self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer or open_clip.get_tokenizer(model_name)
         cfg = dict(open_clip.get_model_preprocess_cfg(self.model))
         size = cfg.get('size') or getattr(self.model.visual, 'image_size', 224)
         self.preprocess_cfg = dict(size=size, mean=cfg.get('mean', open_clip.OPENAI_DATASET_MEAN),
                                    std=cfg.get('std', open_clip.OPENAI_DATASET_STD),
-                                   interpolation=cfg.get('interpolation', 'bicubic'))
-        tag = 'random' if pretrained is None else (Path(str(pretrained)).name if _looks_like_path(str(pretrained)) else str(pretrained))
-        self.name = f'open_clip:{model_name}:{tag}'
+                                   interpolation=cfg.get('interpolation', 'bicubic'), resize_mode=cfg.get('resize_mode', 'shortest'))
+        self.name = f'open_clip:{model_name}:{label}'
 
     @staticmethod
-    def _create(model_name: str, pretrained):
+    def _create(model_name: str, tag: str | None, file: Path | None):
         import open_clip
-        if pretrained is not None and _looks_like_path(str(pretrained)):
-            path = Path(pretrained).expanduser()
-            if not path.is_file():
-                raise ModelNotAvailableError(f"open_clip checkpoint {str(path)!r} for model {model_name!r} does not exist; "
-                                             "pass the path of an existing file (e.g. open_clip_pytorch_model.bin or .safetensors).")
-            pretrained = str(path)
+        if tag is None:
+            return open_clip.create_model(model_name, pretrained=None, weights_only=True)
+        if tag == CUSTOM_TAG and file is None:
+            raise EncoderSpecError(f"pretrained={CUSTOM_TAG!r} names your own weights: give their file, pretrained='{CUSTOM_TAG}@/path/file.safetensors'.")
+        trained = open_clip_trained_cfg(model_name, tag)
+        if file is not None and not file.is_file():
+            raise ModelNotAvailableError(f"open_clip weights file {str(file)!r} (tag {tag!r}, model {model_name!r}) does not exist; "
+                                         "pass an existing file (e.g. open_clip_model.safetensors or open_clip_pytorch_model.bin).")
+        source = tag if file is None else str(file)
         try:
-            # weights_only=True: a .bin/.pt checkpoint goes through torch's restricted loader (tensors only, no code runs)
-            return open_clip.create_model(model_name, pretrained=pretrained, require_pretrained=pretrained is not None, weights_only=True)
+            # force_quick_gelu / force_preprocess_cfg: the tag's activation and preprocessing, whatever the name says or
+            # the file cannot say; weights_only=True: a .bin/.pt goes through torch's restricted loader (no code runs)
+            model = open_clip.create_model(model_name, pretrained=source, require_pretrained=True, weights_only=True,
+                                           force_quick_gelu=trained['quick_gelu'], force_preprocess_cfg=trained['preprocess'])
         except Exception as e:
             raise ModelNotAvailableError(
-                f"Could not load open_clip model {model_name!r} with pretrained={str(pretrained)!r}: "
+                f"Could not load open_clip model {model_name!r} with pretrained={source!r}: "
                 f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. Without network access, download the weights once "
-                f"elsewhere (open_clip.create_model({model_name!r}, pretrained={str(pretrained)!r}) fills the Hugging Face "
-                f"cache) or pass a local file: OpenClipEncoder({model_name!r}, pretrained='/path/to/open_clip_pytorch_model.bin').") from e
+                f"elsewhere (open_clip.create_model({model_name!r}, pretrained={tag!r}) fills the Hugging Face cache) or give "
+                f"a local copy with its tag: OpenClipEncoder({model_name!r}, pretrained='{tag}@/path/to/open_clip_model.safetensors') "
+                f"(a bare pretrained='/path/...' is refused: a file cannot say which network its weights were trained in).") from e
+        if trained['quick_gelu'] != ('QuickGELU' in activations(model)):   # guards against open_clip changing what force_quick_gelu means
+            raise EncoderSpecError(f"open_clip built {model_name!r} with {sorted(activations(model))}, but tag {tag!r} was trained "
+                                   f"with {_activation(trained['quick_gelu'])}; please report this open_clip version ({open_clip.__version__}).")
+        return model
 
     @torch.inference_mode()
     def encode_image(self, images: Tensor) -> Tensor:

@@ -230,11 +230,15 @@ class StableDiffusionWorld(World):
         from open_forgetting.models import load_components
         return load_components(model.base, dtype=model.dtype)
     def load_encoder(self, study):
+        "`appearance.encoder`: 'open_clip:<model>:<tag>' or 'open_clip:<model>:<tag>@<file>' (features.OpenClipEncoder)."
         kind, _, rest = study.appearance.encoder.partition(':')
-        if kind != 'open_clip' or ':' not in rest:
-            raise ValueError(f"appearance.encoder={study.appearance.encoder!r}: use 'open_clip:<model>:<pretrained tag or file>'.")
-        from open_forgetting.features import OpenClipEncoder
         model, _, pretrained = rest.partition(':')
+        if kind != 'open_clip' or not model or not pretrained:
+            raise ValueError(f"appearance.encoder={study.appearance.encoder!r}: use 'open_clip:<model>:<tag>' (e.g. "
+                             "'open_clip:ViT-L-14:openai'), 'open_clip:<model>:<tag>@<file>' for a local copy of a tag's weights, "
+                             "or 'open_clip:<model>:custom@<file>' for your own weights (the model name fixing the activation, "
+                             "e.g. ViT-L-14-quickgelu).")
+        from open_forgetting.features import OpenClipEncoder
         return OpenClipEncoder(model, pretrained)
     def default_schedule(self, name):
         from dataclasses import asdict
