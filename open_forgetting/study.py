@@ -82,7 +82,7 @@ class SeedsSection(_Section):
     diversity: list[int] = list(range(8))
 
 class AppearanceSection(_Section):
-    encoder: str = 'miniworld'               # 'miniworld' or 'open_clip:<model>:<pretrained tag or file>'
+    encoder: str = 'miniworld'               # 'miniworld', 'open_clip:<model>:<tag>' or 'open_clip:<model>:<tag>@<file>' ('custom@<file>': your own weights; see features.OpenClipEncoder)
     dino: str | None = None                  # DINO weights (hub id or folder) for Table 2's DINO column; None: skipped
     kid_features: Literal['auto', 'inception', 'encoder'] = 'auto'   # auto: Inception where its weights exist (world's choice)
     n_generic_prompts: PositiveInt = 12

@@ -223,14 +223,15 @@ class StableDiffusionWorld(World):
         from open_forgetting.data import DATASETS
         for d in study.classification.datasets:
             if d not in DATASETS: raise ValueError(f"classification.datasets: {d!r} is unknown; use some of {sorted(DATASETS)}.")
+        self._encoder_spec(study)                          # a malformed encoder is named before anything runs
     def check_concept(self, study, name):
         folder = Path(study.concepts.root or '.').expanduser() / name
         if not folder.is_dir(): raise ValueError(f"parameter concept={name!r}: no folder {folder} (concepts.root of study {study.name!r}).")
     def load_base(self, model):
         from open_forgetting.models import load_components
         return load_components(model.base, dtype=model.dtype)
-    def load_encoder(self, study):
-        "`appearance.encoder`: 'open_clip:<model>:<tag>' or 'open_clip:<model>:<tag>@<file>' (features.OpenClipEncoder)."
+    def _encoder_spec(self, study) -> tuple[str, str]:
+        "(model, pretrained) of `appearance.encoder`: 'open_clip:<model>:<tag>' or 'open_clip:<model>:<tag>@<file>'."
         kind, _, rest = study.appearance.encoder.partition(':')
         model, _, pretrained = rest.partition(':')
         if kind != 'open_clip' or not model or not pretrained:
@@ -238,8 +239,11 @@ class StableDiffusionWorld(World):
                              "'open_clip:ViT-L-14:openai'), 'open_clip:<model>:<tag>@<file>' for a local copy of a tag's weights, "
                              "or 'open_clip:<model>:custom@<file>' for your own weights (the model name fixing the activation, "
                              "e.g. ViT-L-14-quickgelu).")
+        return model, pretrained
+    def load_encoder(self, study):
+        "`appearance.encoder` as a `features.OpenClipEncoder` (built as its weights were trained)."
         from open_forgetting.features import OpenClipEncoder
-        return OpenClipEncoder(model, pretrained)
+        return OpenClipEncoder(*self._encoder_spec(study))
     def default_schedule(self, name):
         from dataclasses import asdict
         return asdict(schedule_for(name))
