@@ -64,8 +64,9 @@ class ClassifierConfig:
         if self.loss not in LOSSES: raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1 or None (measured per device), got {self.batch_size!r}.")
-        if self.images_per_batch is not None and self.images_per_batch < 1:
-            raise ValueError(f"images_per_batch must be >= 1 or None, got {self.images_per_batch}.")
+        if self.images_per_batch is not None and (isinstance(self.images_per_batch, bool) or not isinstance(self.images_per_batch, int)
+                                                  or self.images_per_batch < 1):
+            raise ValueError(f"images_per_batch must be an integer >= 1 or None (as many as fill a batch), got {self.images_per_batch!r}.")
         if self.interpolation not in _INTERPOLATIONS: raise ValueError(f"interpolation must be one of {list(_INTERPOLATIONS)}.")
 
     def result_key(self) -> dict:
