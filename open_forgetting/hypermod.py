@@ -21,10 +21,11 @@ from .models import Components, encode_prompts
 
 # %% auto #0
 __all__ = ['DEFAULT_TARGET_MODULES', 'FALLBACK_GENERIC_PROMPTS', 'HYPERMOD_WEIGHTS', 'HYPERMOD_CONFIG', 'HYPERMOD_TRAIN_DEFAULTS',
-           'HyperModConfig', 'select_layers', 'LayerHyperNet', 'HyperModulator', 'count_hypermod_parameters',
-           'attach_hypermod', 'capture_block_outputs', 'block_l1', 'modulated_and_frozen', 'generic_prompts',
-           'SelfInitConfig', 'SelfInitReport', 'measure_mismatch', 'self_initialize', 'save_hypermod', 'load_hypermod',
-           'self_initialize_cached', 'hypermod_settings', 'HyperMod']
+           'HYPERMOD_SETTING_SECTIONS', 'HyperModConfig', 'select_layers', 'LayerHyperNet', 'HyperModulator',
+           'count_hypermod_parameters', 'attach_hypermod', 'capture_block_outputs', 'block_l1', 'modulated_and_frozen',
+           'generic_prompts', 'SelfInitConfig', 'SelfInitReport', 'measure_mismatch', 'self_initialize',
+           'save_hypermod', 'load_hypermod', 'self_init_key', 'self_initialize_cached', 'check_hypermod_settings',
+           'hypermod_settings', 'HyperMod']
 
 # %% ../nbs/11_hypermod.ipynb #f9cba065
 DEFAULT_TARGET_MODULES = (r'.*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)', r'.*\.resnets\.\d+\.(conv1|conv2)')
@@ -213,7 +214,7 @@ class HyperModulator(nn.Module):
 
     @contextlib.contextmanager
     def use_embedding(self, v: torch.Tensor) -> Iterator[None]:
-        "Within the block the hypernetworks read `v` instead of the learned concept embedding."
+        "Within the block the hypernetworks read `v` instead of the learned concept embedding (call backward inside it too: gradient checkpointing recomputes the forward then)."
         if v.shape != self.embedding.shape: raise ValueError(f"embedding shape {tuple(v.shape)} != {tuple(self.embedding.shape)}.")
         prev, self._override = self._override, v
         try: yield
@@ -400,12 +401,14 @@ def self_initialize(modulator: HyperModulator, components: Components, config: S
         inputs = _random_inputs(unet, cond_pool, config.batch_size, size, T, g)
         v = (torch.randn(emb.shape, generator=g) * modulator.config.embedding_init_std).to(emb.device, emb.dtype) \
             if config.embeddings == 'random' else emb.detach()
+        # backward inside the block: under gradient checkpointing the UNet's forward is recomputed during backward
+        # and must read the same embedding `v` (outside it would read the concept embedding: CheckpointError)
         with modulator.use_embedding(v):
             student, teacher = modulated_and_frozen(modulator, *inputs, include_output=config.include_output)
-        terms = block_l1(student, teacher)
-        loss = sum(terms.values()) / len(terms)
-        opt.zero_grad(set_to_none=True)
-        (loss * grad_scale).backward()
+            terms = block_l1(student, teacher)
+            loss = sum(terms.values()) / len(terms)
+            opt.zero_grad(set_to_none=True)
+            (loss * grad_scale).backward()
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(l1=f'{losses[-1]:.2e}')
@@ -450,17 +453,22 @@ def load_hypermod(unet: nn.Module, folder: str | Path, attach: bool = True) -> H
     return modulator.attach(unet) if attach else modulator
 
 # %% ../nbs/11_hypermod.ipynb #fcc1ee13
-def self_initialize_cached(modulator: HyperModulator, components: Components, config: SelfInitConfig | None = None,
-                           prompts: Sequence[str] | None = None) -> SelfInitReport:
-    "`self_initialize` with its result cached in `cache_dir('hypermod_self_init', key)` (key: base, configs, prompt encodings, device, dtype)."
-    config = config or SelfInitConfig()
+def self_init_key(modulator: HyperModulator, components: Components, config: SelfInitConfig,
+                  prompts: Sequence[str] | None = None) -> str:
+    "Cache key of a self-initialization [ours]: base UNet, HyperMod and self-init settings (not `progress`), prompt encodings, device, dtype."
     prompts = list(prompts) if prompts is not None else generic_prompts(config.prompt_limit)
     unet = modulator.unet
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != 'progress'}
-    key = stable_hash(dict(base=modulator.base_fingerprint, hypermod=dataclasses.asdict(modulator.config), self_init=settings,
-                           prompts=model_fingerprint({'cond': encode_prompts(components, prompts).float().cpu()}),
-                           device=unet.device.type, dtype=str(unet.dtype)))
-    folder = cache_dir('hypermod_self_init', key)
+    return stable_hash(dict(base=modulator.base_fingerprint, hypermod=dataclasses.asdict(modulator.config), self_init=settings,
+                            prompts=model_fingerprint({'cond': encode_prompts(components, prompts).float().cpu()}),
+                            device=unet.device.type, dtype=str(unet.dtype)))
+
+def self_initialize_cached(modulator: HyperModulator, components: Components, config: SelfInitConfig | None = None,
+                           prompts: Sequence[str] | None = None) -> SelfInitReport:
+    "`self_initialize` with its result cached in `cache_dir('hypermod_self_init', self_init_key(...))`."
+    config = config or SelfInitConfig()
+    prompts = list(prompts) if prompts is not None else generic_prompts(config.prompt_limit)
+    folder = cache_dir('hypermod_self_init', self_init_key(modulator, components, config, prompts))
     if (folder / HYPERMOD_CONFIG).exists() and (folder / HYPERMOD_WEIGHTS).exists():
         state = _load_safetensors(str(folder / HYPERMOD_WEIGHTS), device=str(modulator.embedding.device))
         modulator.load_state_dict(state, strict=True)
@@ -478,13 +486,31 @@ except ImportError:  # a checkout without the training module: the library above
 
 HYPERMOD_TRAIN_DEFAULTS = dict(learning_rate=1e-4, train_batch_size=1, max_steps=800, lambda_pr=1.0, num_class_images=200)
 
+HYPERMOD_SETTING_SECTIONS = {'hypermod': HyperModConfig, 'self_init': SelfInitConfig}
+
+def check_hypermod_settings(settings) -> dict:
+    "HyperMod's `TrainConfig.method_settings` checked: sections 'hypermod' (HyperModConfig fields) and 'self_init' (SelfInitConfig fields); ValueError naming what is unknown."
+    if not isinstance(settings, dict): raise ValueError(f"hypermod method_settings must be a mapping, got {settings!r}.")
+    for section, values in settings.items():
+        cls = HYPERMOD_SETTING_SECTIONS.get(section)
+        if cls is None:
+            raise ValueError(f"hypermod method_settings section {section!r} is unknown; use 'hypermod' (HyperModConfig fields) "
+                             "or 'self_init' (SelfInitConfig fields), e.g. {'self_init': {'steps': 200}}.")
+        if not isinstance(values, dict): raise ValueError(f"hypermod method_settings.{section} must be a mapping of fields, got {values!r}.")
+        valid = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(values) - valid)
+        if bad: raise ValueError(f"hypermod method_settings.{section}: unknown field(s) {bad}; valid: {sorted(valid)}.")
+    return settings
+
 def hypermod_settings(train_config, hypermod_config: HyperModConfig | None = None,
                       self_init_config: SelfInitConfig | None = None) -> tuple[HyperModConfig, SelfInitConfig]:
-    "HyperMod settings of a run: `train_config.hypermod_*` / `self_init_*` fields when present, else the given defaults; seeds from the run."
+    "HyperMod settings of a run: the given defaults, then `train_config.hypermod_*` / `self_init_*` fields when present, then its `method_settings['hypermod' / 'self_init']`; seeds and progress from the run unless set."
+    sections = check_hypermod_settings(getattr(train_config, 'method_settings', None) or {})
     out = []
     for prefix, cls, default in (('hypermod_', HyperModConfig, hypermod_config), ('self_init_', SelfInitConfig, self_init_config)):
         default = default or cls()
         kw = {f.name: getattr(train_config, prefix + f.name) for f in dataclasses.fields(cls) if hasattr(train_config, prefix + f.name)}
+        kw.update(sections.get(prefix[:-1], {}))
         if 'seed' not in kw and hasattr(train_config, 'seed'): kw['seed'] = train_config.seed
         if cls is SelfInitConfig and 'progress' not in kw and hasattr(train_config, 'progress'): kw['progress'] = train_config.progress
         if 'target_modules' in kw: kw['target_modules'] = tuple(kw['target_modules'])
@@ -496,9 +522,15 @@ if _CustomizationMethod is not None:
         "HyperMod (Laria et al. 2022) as a customization method: frozen UNet, hypernetworks + concept embedding train; self-initialized first."
         defaults = HYPERMOD_TRAIN_DEFAULTS
         modifies_text_encoder = False
+        shares_frozen_weights = True                    # prepare only reads the UNet's weights (attach leaves them untouched)
         hypermod_config: HyperModConfig | None = None   # defaults when TrainConfig has no hypermod_* fields
         self_init_config: SelfInitConfig | None = None  # defaults when TrainConfig has no self_init_* fields
         report_file = 'hypermod.json'
+
+        @classmethod
+        def check_settings(cls, settings: dict) -> None:
+            "`method_settings` of a HyperMod run: sections 'hypermod' and 'self_init' (`check_hypermod_settings`)."
+            check_hypermod_settings(settings)
 
         def settings(self) -> tuple[HyperModConfig, SelfInitConfig]:
             return hypermod_settings(self.config, self.hypermod_config, self.self_init_config)

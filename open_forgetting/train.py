@@ -26,12 +26,13 @@ from .losses import (training_target, denoising_loss, prior_preservation_loss, d
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC', 'TRAINED_FILE', 'RUN_FILE',
-           'HISTORY_FILE', 'ConceptSpec', 'dreambench_subjects', 'dreambench_prompts', 'instance_image_files',
-           'load_concept', 'load_instance_images', 'TrainConfig', 'CustomizationMethod', 'register_method',
-           'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion',
-           'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
-           'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity', 'run_identity', 'identity_diff',
-           'Trainer', 'default_run_dir', 'customize', 'load_customized']
+           'HISTORY_FILE', 'ACTIVATION_BYTES', 'ConceptSpec', 'dreambench_subjects', 'dreambench_prompts',
+           'instance_image_files', 'load_concept', 'load_instance_images', 'TrainConfig', 'CustomizationMethod',
+           'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens',
+           'CustomDiffusion', 'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError',
+           'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity',
+           'run_identity', 'identity_diff', 'activation_estimate', 'needs_gradient_checkpointing', 'free_memory',
+           'teacher_copy_dtype', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -119,6 +120,7 @@ def _kind_ok(value, kind: str) -> bool:
     if kind == 'float': return isinstance(value, numbers.Real) and math.isfinite(value)
     if kind == 'str': return isinstance(value, str)
     if kind.startswith('tuple'): return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    if kind == 'dict': return isinstance(value, dict)
     return True
 
 def _check_field_types(config) -> None:
@@ -129,7 +131,7 @@ def _check_field_types(config) -> None:
         if value is None and 'None' in kinds: continue
         kind = kinds[0]
         if not _kind_ok(value, kind):
-            example = {'int': '3', 'float': '1e-4', 'bool': 'True', 'str': "'text'"}.get(kind, "('a', 'b')")
+            example = {'int': '3', 'float': '1e-4', 'bool': 'True', 'str': "'text'", 'dict': "{'self_init': {'steps': 100}}"}.get(kind, "('a', 'b')")
             raise TypeError(f"TrainConfig.{f.name}={value!r} must be a{'n' if kind == 'int' else ''} {kind}"
                             f"{' or None' if 'None' in kinds else ''} (finite), e.g. {f.name}={example}.")
         if kind == 'float': setattr(config, f.name, float(value))
@@ -179,7 +181,10 @@ class TrainConfig:
     use_8bit_adam: bool = False            # bitsandbytes AdamW8bit (GPU only)
     max_grad_norm: float | None = 1.0
     mixed_precision: str | None = None     # 'no', 'fp16', 'bf16'; None: the launcher's (`accelerate launch --mixed_precision`), else 'no'
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: automatic (`needs_gradient_checkpointing`: when memory would be short)
+    frozen_dtype: str | None = None        # 'fp32', 'bf16', 'fp16': DC's frozen teacher in this dtype (a copy unless the base is);
+                                           # None: the caller's UNet when on the device (training dtype or bf16/fp16), else a copy
+    share_frozen_weights: bool = True      # the student's frozen UNet weights view the caller's (no second copy; copy on train)
     seed: int = 0
     device: str | None = None              # None: cuda > mps > cpu
     resolution: int | None = None          # None: the base model's native resolution
@@ -214,6 +219,8 @@ class TrainConfig:
     lora_rank: int = 4                     # lora
     lora_alpha: float | None = None        # lora: None = rank (scale 1)
     lora_targets: tuple[str, ...] = ('to_q', 'to_k', 'to_v', 'to_out.0')
+    method_settings: dict = field(default_factory=dict)   # a plug-in method's own settings, e.g. hypermod:
+                                           # {'self_init': {'steps': 200}, 'hypermod': {'rank': 2}} (keys the run via the method)
     # engineering
     checkpoint_every: int | None = None    # None: every ~10% of max_steps (at most 100 steps apart); 0: never
     keep_checkpoints: int = 1              # the newest N checkpoints are kept while training
@@ -229,9 +236,14 @@ class TrainConfig:
         _check_ranges(self)
         if self.mixed_precision not in (None, 'no', 'fp16', 'bf16'):
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; use 'no', 'fp16', 'bf16' or None (the launcher's).")
+        if self.frozen_dtype not in (None, 'fp32', 'bf16', 'fp16'):
+            raise ValueError(f"frozen_dtype={self.frozen_dtype!r}; use 'fp32', 'bf16', 'fp16' or None (automatic).")
         if self.dc_prompts not in REG_PROMPT_SOURCES: raise ValueError(f"dc_prompts={self.dc_prompts!r}; use one of {REG_PROMPT_SOURCES}.")
         if self.dc_latents not in REG_LATENT_SOURCES: raise ValueError(f"dc_latents={self.dc_latents!r}; use one of {REG_LATENT_SOURCES}.")
         _check_variant(self)
+        if self.method_settings:                  # checked up front (a study reports it when read), by the method itself
+            _ensure_registered(self.method)
+            if self.method in METHODS: METHODS[self.method].check_settings(self.method_settings)
 
     @property
     def uses_prior(self) -> bool: return self.lambda_pr > 0
@@ -255,11 +267,12 @@ class TrainConfig:
     def to_dict(self) -> dict: return asdict(self)
 
     def identity(self) -> dict:
-        "The settings that change the trained result, by name: not the engineering ones (progress, checkpoints, validation, device); DC's only with DC on, the DC prompt file by its content's SHA-256 (not its path)."
+        "The settings that change the trained result, by name: not the engineering ones (progress, checkpoints, validation, device, memory savings); DC's only with DC on, the DC prompt file by its content's SHA-256 (not its path)."
         d = {k: v for k, v in asdict(self).items() if k not in _ENGINEERING_FIELDS}
         d['mixed_precision'] = self.effective_mixed_precision
+        del d['method_settings']                 # keyed by the method's own `identity()` (its resolved settings)
         if not self.uses_dc:
-            for k in [k for k in d if k.startswith('dc_')]: del d[k]
+            for k in [k for k in d if k.startswith('dc_')] + ['frozen_dtype']: del d[k]   # (frozen_dtype: DC's teacher only)
         elif self.dc_prompts == 'generic' or self.dc_latents == 'replay':
             d['dc_prompt_file'] = _prompt_file_digest(self.dc_prompt_file)
         else: del d['dc_prompt_file']
@@ -272,7 +285,8 @@ class TrainConfig:
         return stable_hash(self.identity())
 
 _ENGINEERING_FIELDS = {'progress', 'checkpoint_every', 'keep_checkpoints', 'keep_checkpoints_when_done', 'validation_every',
-                       'validation_prompts', 'validation_steps', 'validation_guidance_scale', 'device'}
+                       'validation_prompts', 'validation_steps', 'validation_guidance_scale', 'device',
+                       'gradient_checkpointing', 'share_frozen_weights'}   # recomputing activations changes memory and time, not the result
 
 def _prompt_file_digest(path: str | None) -> str:
     "'sha256:<hex>' of the DC prompt file's bytes (the shipped data/generic_prompts.txt for None): its content, not its path, keys a run."
@@ -286,8 +300,19 @@ class CustomizationMethod:
     name: str = ''
     defaults: dict = {}                    # TrainConfig values of this method's usual setting (00_method §5)
     modifies_text_encoder: bool = False    # True when `prepare` changes the text encoder or tokenizer (the loop copies them first)
+    shares_frozen_weights: bool = False    # True when `prepare` never writes base weights in place: the training student's frozen
+                                           # UNet weights may then view the caller's (`TrainConfig.share_frozen_weights`)
 
-    def __init__(self, config: TrainConfig): self.config = config
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.check_settings(config.method_settings)
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        "ValueError for `TrainConfig.method_settings` this method does not take (default: it takes none); a plug-in that takes some overrides this and keys them in `identity()`."
+        if settings:
+            raise ValueError(f"Method {cls.name!r} takes no method_settings, got {settings!r}. They belong to plug-in methods "
+                             "(e.g. hypermod); in a study set them under training.per_method.<that method>.method_settings.")
 
     def concept_token(self, concept: ConceptSpec) -> str:
         "The word(s) that stand for the concept in prompts (default: the concept's rare-token identifier)."
@@ -367,6 +392,7 @@ def get_method(config: TrainConfig) -> CustomizationMethod:
 class DreamBooth(CustomizationMethod):
     "DreamBooth (Ruiz et al. 2023): the full UNet (and optionally the text encoder, or only the identifier's embedding) trains; a rare-token identifier names the concept."
     defaults = dict(learning_rate=5e-6, train_batch_size=1, max_steps=800, lambda_pr=1.0, num_class_images=200)
+    shares_frozen_weights = True
 
     @property
     def _identifier_only(self) -> bool: return self.config.train_identifier_embedding and not self.config.train_text_encoder
@@ -462,6 +488,7 @@ class CustomDiffusion(CustomizationMethod):
     "Custom Diffusion (Kumari et al. 2023): cross-attention K/V projections plus a new modifier-token embedding train."
     defaults = dict(learning_rate=1e-5, train_batch_size=2, max_steps=250, lambda_pr=1.0, num_class_images=200, hflip=True)
     modifies_text_encoder = True
+    shares_frozen_weights = True
 
     def concept_token(self, concept): return self.config.modifier_token
 
@@ -485,6 +512,7 @@ register_method('custom_diffusion', CustomDiffusion);
 class LoRA(CustomizationMethod):
     "LoRA (Hu et al. 2022) via peft: rank-r adapters on the UNet attention projections; base frozen, adapters fp32."
     defaults = dict(learning_rate=1e-4, train_batch_size=1, max_steps=800, lambda_pr=1.0, num_class_images=200)
+    shares_frozen_weights = True
 
     def prepare(self, components, concept):
         from peft import LoraConfig
@@ -649,16 +677,32 @@ def load_rank_rng(folder: Path, rank: int, generator: torch.Generator) -> bool:
     return True
 
 # %% ../nbs/05_train.ipynb #c8279fc7
-def build_student(base: Components, method: CustomizationMethod, concept: ConceptSpec, seed: int) -> Components:
-    "A private copy of `base` turned into `method`'s student: UNet copied, text encoder and tokenizer copied when the method changes them, scheduler copied; `method.prepare` seeded by `seed` (the global RNG is left as it was)."
-    copy_te = method.modifies_text_encoder
-    student = Components(copy.deepcopy(base.unet), base.vae,
+def _copy_sharing_weights(module: nn.Module) -> nn.Module:
+    "A copy of `module` (new module, parameter and buffer objects) whose tensors view the original storage: no weight memory [ours]."
+    memo = {id(t): nn.Parameter(t.detach(), requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else t.detach()
+            for t in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
+
+def build_student(base: Components, method: CustomizationMethod, concept: ConceptSpec, seed: int,
+                  share_frozen: bool = False) -> Components:
+    "A private copy of `base` turned into `method`'s student: UNet copied, text encoder and tokenizer copied when the method changes them, scheduler copied; `method.prepare` seeded by `seed` (the global RNG is left as it was). `share_frozen` (methods that allow it): the UNet's frozen weights view the base's, copy on train [ours]."
+    copy_te, share_frozen = method.modifies_text_encoder, share_frozen and method.shares_frozen_weights
+    unet = _copy_sharing_weights(base.unet) if share_frozen else copy.deepcopy(base.unet)
+    student = Components(unet, base.vae,
                          copy.deepcopy(base.text_encoder) if copy_te else base.text_encoder,
                          copy.deepcopy(base.tokenizer) if copy_te else base.tokenizer,
                          copy.deepcopy(base.scheduler), base.source)
+    versions = [p._version for p in base.unet.parameters()] if share_frozen else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         method.prepare(student, concept)
+    if share_frozen:
+        if [p._version for p in base.unet.parameters()] != versions:
+            raise RuntimeError(f"Method {method.name!r} wrote UNet weights in place in prepare() although it declares "
+                               "shares_frozen_weights=True: the caller's base model changed. Set shares_frozen_weights=False on it.")
+        shared = {p.data_ptr() for p in base.unet.parameters()}
+        for p in student.unet.parameters():                       # copy on train: a trained weight gets its own storage
+            if p.requires_grad and p.data_ptr() in shared: p.data = p.data.clone()
     return student
 
 def concept_identity(concept: ConceptSpec) -> dict:
@@ -680,6 +724,42 @@ def identity_diff(old: Any, new: Any, prefix: str = '') -> list[str]:
                 for d in identity_diff(old.get(k, '<absent>'), new.get(k, '<absent>'), f'{prefix}{k}.')]
     same = stable_hash(old) == stable_hash(new)       # 1 and 1.0, tuples and lists are equal
     return [] if same else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+# %% ../nbs/05_train.ipynb #a90bb908
+ACTIVATION_BYTES = 1e-3           # [ours] rough: fp32 activation bytes kept for backward, per UNet parameter, per latent
+                                  # pixel, per sample, without checkpointing (order of magnitude of SD-1.5 at 512 px)
+_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+def activation_estimate(n_unet_params: int, latent_size: int, batch: int) -> float:
+    "Rough bytes of the activations one UNet training step keeps for backward without gradient checkpointing [ours]."
+    return ACTIVATION_BYTES * n_unet_params * latent_size ** 2 * batch
+
+def needs_gradient_checkpointing(n_unet_params: int, n_trained: int, latent_size: int, batch: int, free_bytes: float,
+                                 fraction: float = 0.8) -> bool:
+    "[ours] Gradient checkpointing when a step's estimated memory without it (12 B per trained parameter for its gradient and AdamW's two moments, plus activations) exceeds `fraction` of the free memory."
+    return 12 * n_trained + activation_estimate(n_unet_params, latent_size, batch) > fraction * free_bytes
+
+def free_memory(device: torch.device) -> int:
+    "Bytes free for training on `device`: CUDA's free memory plus what PyTorch holds cached there; available RAM (psutil) elsewhere."
+    device = torch.device(device)
+    if device.type == 'cuda':
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    import psutil
+    return int(psutil.virtual_memory().available)
+
+def teacher_copy_dtype(base_on_device: bool, base_dtype: torch.dtype, frozen_dtype: str | None,
+                       training_dtype: torch.dtype) -> torch.dtype | None:
+    "DC's frozen teacher [ours]: None = the caller's UNet itself (no copy), else the dtype of the copy the loop makes."
+    if frozen_dtype is not None:
+        want = _DTYPES[frozen_dtype]
+        return None if base_on_device and base_dtype == want else want
+    # automatic: the caller's UNet as it is when it is there in the training dtype, or already in reduced precision
+    # (a base loaded in bf16 is θ0; an upcast copy would cost memory and add nothing); else a copy in the training dtype
+    if base_on_device and (base_dtype == training_dtype or base_dtype in (torch.bfloat16, torch.float16)): return None
+    return training_dtype
+
+def _gib(n: float) -> str: return f'{n / 2**30:.1f} GiB'
 
 # %% ../nbs/05_train.ipynb #4b29944b
 class Trainer:
@@ -722,9 +802,9 @@ class Trainer:
         self._setup_optimizer()
 
     def _setup_student(self):
-        "The student (`build_student`: the caller's base model is never modified), moved to the device: trained parameters fp32, frozen ones in the training dtype."
+        "The student (`build_student`: the caller's base model is never modified), moved to the device: trained parameters fp32, frozen ones in the training dtype; then the memory plan (printed)."
         c, base = self.config, self.base
-        self.student = build_student(base, self.method, self.concept, c.seed)
+        self.student = build_student(base, self.method, self.concept, c.seed, share_frozen=c.share_frozen_weights)
         self.params = self.method.trainable_parameters(self.student)
         if not self.params: raise ValueError(f"Method {c.method!r} left no trainable parameters.")
         for m in (self.student.unet, self.student.text_encoder):
@@ -733,9 +813,43 @@ class Trainer:
             for p in m.parameters(): p.data = p.data.to(dtype=torch.float32 if p.requires_grad else self.weight_dtype)
         self.student.unet.train()
         self.trains_te = any(k.startswith('text_encoder.') for k in self.params)
-        if c.gradient_checkpointing:
+        self.memory = self._memory_plan()
+        if self.memory['gradient_checkpointing']:
             self.student.unet.enable_gradient_checkpointing()
             if self.trains_te: self.student.text_encoder.gradient_checkpointing_enable()
+        if self.accelerator.is_main_process: print(self.memory['summary'], flush=True)
+
+    def _memory_plan(self) -> dict:
+        "Gradient checkpointing (`needs_gradient_checkpointing` unless set), shared frozen weights, DC's teacher (`teacher_copy_dtype`), and a one-line summary."
+        c, base, unet = self.config, self.base, self.student.unet
+        n_unet = sum(p.numel() for p in unet.parameters())
+        n_trained = sum(p.numel() for p in self.params.values())
+        shared = {p.data_ptr() for p in base.unet.parameters()}
+        n_shared = sum(p.numel() for p in unet.parameters() if p.data_ptr() in shared)
+        n_frozen = sum(p.numel() for p in unet.parameters() if not p.requires_grad)
+        latent, res = self.resolution // base.vae_downsample, self.resolution
+        batch = c.train_batch_size * (2 if c.uses_prior else 1) + (c.dc_n_reg if c.uses_dc else 0)
+        free = free_memory(self.device)
+        gc = c.gradient_checkpointing
+        if gc is None:
+            gc = needs_gradient_checkpointing(n_unet, n_trained, latent, batch, free)
+            need = 12 * n_trained + activation_estimate(n_unet, latent, batch)
+            why = f'automatic: ~{_gib(need)} needed without it, {_gib(free)} free'
+        else: why = 'gradient_checkpointing set'
+        parts = [f"gradient checkpointing {'on' if gc else 'off'} ({n_unet / 1e6:.0f} M UNet params, {res} px, batch {batch}; {why})",
+                 f"trained {n_trained / 1e6:.1f} M params fp32",
+                 f"frozen UNet weights {'shared with the base' if n_shared else 'copied'} ({n_frozen / 1e6:.0f} M)" if n_frozen
+                 else 'no frozen UNet weights']
+        teacher = None
+        if c.uses_dc:
+            bu = base.unet
+            teacher = teacher_copy_dtype(bu.device == self.device and not bu.training, bu.dtype, c.frozen_dtype, self.weight_dtype)
+            what = f"the caller's UNet ({str(bu.dtype)[6:]}, no copy)" if teacher is None else f"a {str(teacher)[6:]} copy"
+            parts.append(f"DC teacher {what}{', for the cached pool only' if c.dc_teacher_pool else ''}")
+        self._teacher_dtype = teacher
+        return dict(gradient_checkpointing=gc, n_unet_params=n_unet, n_trained_params=n_trained, n_shared_params=n_shared,
+                    free_bytes=free, teacher_dtype=None if teacher is None else str(teacher),
+                    summary='memory: ' + ', '.join(parts))
 
     def _setup_data(self):
         "Instance latents (and flipped), class-image latents and the replay set, all at the training resolution, encoded once."
@@ -769,10 +883,11 @@ class Trainer:
             self.replay = self.replay.to(self.device)
 
     def _frozen_base_unet(self) -> nn.Module:
-        "θ0 in the training dtype on the training device: the caller's UNet itself when it already is (read only, never modified), else a copy."
+        "θ0 on the training device: the caller's UNet itself (read only, never modified), or a copy in the planned dtype (`teacher_copy_dtype`)."
         bu = self.base.unet
-        if bu.dtype == self.weight_dtype and bu.device == self.device and not bu.training: return bu
-        return copy.deepcopy(bu).to(self.device, self.weight_dtype).eval().requires_grad_(False)
+        if self._teacher_dtype is None: return bu
+        # a weight-sharing copy converted by `.to`: no transient fp32 duplicate of the UNet on the host
+        return _copy_sharing_weights(bu).to(self.device, self._teacher_dtype).eval().requires_grad_(False)
 
     def _setup_teacher(self):
         "DC's frozen teacher θ0: kept for a live teacher; with `dc_teacher_pool` only its cached predictions on a fixed pool are kept."
@@ -810,7 +925,7 @@ class Trainer:
                'replay': lambda: [self.replay, self.replay_prompt_idx]}[c.dc_latents]()
         h = hashlib.sha256()
         for x in src: h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
-        return dict(base=self.base_fingerprint, dtype=str(self.weight_dtype), prompts=self.reg_prompts, source=c.dc_latents,
+        return dict(base=self.base_fingerprint, dtype=str(self._teacher_dtype or self.base.unet.dtype), prompts=self.reg_prompts, source=c.dc_latents,
                     latents=h.hexdigest(), shape=list(self.instance_latents.shape[1:]), r=c.dc_n_reg, n=c.dc_teacher_pool,
                     seed=c.seed, batch=[c.train_batch_size, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
 
@@ -1039,6 +1154,9 @@ class Trainer:
             if every and self.step % every == 0 and self.step < c.max_steps: self.save_checkpoint()
             if c.validation_every and self.step % c.validation_every == 0: self._on_main(self.validate)
         bar.close()
+        # the run is done: AdamW's two moments (8 bytes per trained parameter; 7 GB for DreamBooth of SD) would only
+        # raise the peak of the final save, so they go first (a later `run` with more steps restarts them)
+        getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()
         self._on_main(self.save)
         if not c.keep_checkpoints_when_done and self.accelerator.is_main_process:
             shutil.rmtree(self.run_dir / 'checkpoints', ignore_errors=True)   # (DreamBooth checkpoints of SD are ~10 GB)
@@ -1063,7 +1181,7 @@ class Trainer:
                     concept={**asdict(self.concept), 'instance_dir': str(self.concept.instance_dir)},
                     base_fingerprint=self.base_fingerprint, base_source=self.base.source, token=self.token,
                     instance_prompt=self.instance_prompt, class_prompt=self.class_prompt, steps=self.step,
-                    n_trained_parameters=int(sum(v.numel() for v in state.values())),
+                    n_trained_parameters=int(sum(v.numel() for v in state.values())), memory=self.memory,
                     final_losses=self.history[-1] if self.history else None)
         atomic_save_json(info, self.run_dir / RUN_FILE)
         return self.run_dir

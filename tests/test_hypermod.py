@@ -263,3 +263,71 @@ def test_training_loop_plug_in(shared, tmp_path, monkeypatch):
     with custom.unet.hypermod.disabled():
         assert torch.equal(_out(custom.unet, inputs), ref)
     assert not torch.equal(_out(custom.unet, inputs), ref)
+
+
+# ---- gradient checkpointing (the self-initialization's backward used to raise CheckpointError under it)
+@pytest.mark.parametrize('embeddings', ['concept', 'random'])
+def test_self_initialization_under_gradient_checkpointing_is_the_same(shared, embeddings):
+    c = shared[0]
+    cfg = SelfInitConfig(steps=2, batch_size=1, latent_size=8, lr=1e-2, embeddings=embeddings, progress=False)
+    runs = []
+    for gc in (False, True):
+        unet = copy.deepcopy(c.unet)
+        if gc: unet.enable_gradient_checkpointing()
+        comps = Components(unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler, c.source)
+        hm = attach_hypermod(unet, HyperModConfig(hidden_dim=8))
+        rep = self_initialize(hm, comps, cfg)
+        runs.append((rep.losses, {k: v.detach().clone() for k, v in hm.state_dict().items()}))
+    # checkpointing recomputes the same forward in backward: same losses, same trained hypernetworks
+    torch.testing.assert_close(torch.tensor(runs[1][0]), torch.tensor(runs[0][0]), rtol=1e-5, atol=1e-7)
+    for k, v in runs[0][1].items(): torch.testing.assert_close(runs[1][1][k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_hypermod_training_step_under_gradient_checkpointing_is_the_same(tmp_path, monkeypatch):
+    "Through the training loop: the self-initialization and one HyperMod step, with and without checkpointing."
+    train = pytest.importorskip('open_forgetting.train')
+    from conftest import write_images
+    concept = train.load_concept(write_images(tmp_path / 'toy_subject', size=(32, 32)), class_noun='toy')
+    base = tiny_components(seed=0)
+    settings = {'self_init': {'steps': 2, 'batch_size': 1, 'latent_size': 8}, 'hypermod': {'hidden_dim': 8}}
+    outs = []
+    for gc in (False, True):
+        monkeypatch.setenv('OPEN_FORGETTING_HOME', str(tmp_path / f'home_{gc}'))   # no self-init cache shared between the two
+        cfg = train.variant_config('hypermod', 'plain', max_steps=1, lambda_pr=0.0, learning_rate=1e-3, progress=False,
+                                   gradient_checkpointing=gc, method_settings=settings, checkpoint_every=0)
+        tr = train.Trainer(base, concept, cfg, tmp_path / f'run_{gc}')
+        assert tr.memory['gradient_checkpointing'] is gc
+        tr.method.on_train_start(tr)
+        after_init = {k: p.detach().clone() for k, p in tr.params.items()}
+        loss = tr.train_step()['loss']
+        outs.append((after_init, loss, {k: p.detach().clone() for k, p in tr.params.items()}))
+    (init0, loss0, step0), (init1, loss1, step1) = outs
+    for k in init0: torch.testing.assert_close(init1[k], init0[k], rtol=1e-4, atol=1e-6)
+    assert loss1 == pytest.approx(loss0, rel=1e-5)
+    for k in step0: torch.testing.assert_close(step1[k], step0[k], rtol=1e-4, atol=1e-6)
+
+
+# ---- self-initialization settings from a study
+def test_study_sets_self_initialization(shared):
+    train = pytest.importorskip('open_forgetting.train')
+    from open_forgetting.study import load_study, train_config, StudyError
+    from open_forgetting.hypermod import self_init_key
+    over = {'training.methods': ['hypermod'],
+            'training.per_method': {'hypermod': {'method_settings': {'self_init': {'steps': 7, 'lr': 3e-3}}}}}
+    study = load_study('smoke', over, check_paths=False)
+    cfg = train_config(study, 'hypermod', 'plain')
+    default = train_config(load_study('smoke', {'training.methods': ['hypermod']}, check_paths=False), 'hypermod', 'plain')
+    si, si_default = train.get_method(cfg).settings()[1], train.get_method(default).settings()[1]
+    assert (si.steps, si.lr) == (7, 3e-3) and (si_default.steps, si_default.lr) == (SelfInitConfig.steps, SelfInitConfig.lr)
+    # it keys the run and the self-initialization cache
+    fp = 'base'
+    concept = train.ConceptSpec('toy', 'toy')
+    assert train.run_identity(fp, concept, cfg) != train.run_identity(fp, concept, default)
+    c = shared[0]
+    comps = Components(copy.deepcopy(c.unet), c.vae, c.text_encoder, c.tokenizer, c.scheduler, c.source)
+    hm = attach_hypermod(comps.unet)
+    assert self_init_key(hm, comps, si, prompts=['a photo of']) != self_init_key(hm, comps, si_default, prompts=['a photo of'])
+    # an unknown field is named when the study is read
+    bad = {**over, 'training.per_method': {'hypermod': {'method_settings': {'self_init': {'schedule': 'cosine'}}}}}
+    with pytest.raises(StudyError, match="unknown field.*schedule"):
+        load_study('smoke', bad, check_paths=False)
