@@ -157,6 +157,7 @@ def train_config(study: Study, method: str, variant: str, **overrides):
         from open_forgetting.train import TrainConfig
         valid = sorted(f.name for f in dataclasses.fields(TrainConfig))
         bad = [k for k in kw if k not in valid]
+        if not bad: raise ValueError(f"{e} (from training.settings, training.per_method.{method} or drift_correction.settings)") from None
         raise ValueError(f"training setting(s) {bad} unknown (from training.settings, training.per_method.{method} or "
                          f"drift_correction.settings); valid: {valid}") from None
 
