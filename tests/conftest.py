@@ -21,6 +21,17 @@ def _guarded_connect(self, address):
 
 socket.socket.connect = _guarded_connect
 
+
+# Opt-in slow tests (minutes each: the wheel install, the miniworld science test, ...): marked `@pytest.mark.slow`,
+# skipped unless OPEN_FORGETTING_SLOW=1, so `make test` stays fast; `make test-slow` runs them.
+SLOW = os.environ.get('OPEN_FORGETTING_SLOW') == '1'
+
+def pytest_collection_modifyitems(config, items):
+    if SLOW: return
+    skip = pytest.mark.skip(reason='slow (minutes): run with `make test-slow` or OPEN_FORGETTING_SLOW=1')
+    for item in items:
+        if 'slow' in item.keywords: item.add_marker(skip)
+
 @pytest.fixture(scope='session')
 def tiny():
     "A tiny SD-architecture model built offline (shared by the session: treat as read-only)."

@@ -435,8 +435,7 @@ df.drop(columns='scores').to_csv(os.path.join(sys.argv[1], f"rank{{os.environ['R
 '''
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get('OPEN_FORGETTING_SLOW') != '1', reason='spawns 2 processes (~1-2 min); set OPEN_FORGETTING_SLOW=1')
+@pytest.mark.slow     # spawns 2 processes (~1-2 min)
 def test_two_launched_processes_merge_to_single_result(tmp_path, model):
     import subprocess, sys
     from pathlib import Path
@@ -539,8 +538,7 @@ def test_compile_failure_falls_back_to_eager(model, monkeypatch):
     C._COMPILED.clear()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get('OPEN_FORGETTING_SLOW') != '1', reason='inductor compile takes minutes on a busy CPU; set OPEN_FORGETTING_SLOW=1')
+@pytest.mark.slow     # inductor compile takes minutes on a busy CPU
 def test_compiled_unet_gives_identical_predictions(model):
     ref = classify(model, Blobs(3), PROMPTS, SMALL, cache=False, progress=False)
     got = classify(model, Blobs(3), PROMPTS, replace(SMALL, compile=True), cache=False, progress=False)

@@ -8,7 +8,8 @@ import pytest
 
 from open_forgetting.core import repo_root
 
-pytestmark = pytest.mark.skipif(shutil.which('uv') is None, reason='building and installing the wheel here uses uv')
+# slow (~2 min quiet, 6 under load): a wheel build, a fresh environment and a study run in it; `make test-slow`
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which('uv') is None, reason='building and installing the wheel here uses uv')]
 
 
 def _run(cmd, **kw):

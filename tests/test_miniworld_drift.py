@@ -11,6 +11,10 @@ from open_forgetting.miniworld import load_miniworld_clip
 from open_forgetting.study import concept_fidelity, load_study, load_study_model, semantic_drift, study_concept
 from open_forgetting.world import concept_identification
 
+# slow (~5 min quiet): three models trained with the full `miniworld` recipe; `make test-slow`. The default suite's
+# end-to-end path is tests/test_study_e2e.py (the smoke study through the CLI and the report).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
