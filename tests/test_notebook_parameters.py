@@ -24,10 +24,21 @@ def test_customize_honours_its_overrides(tmp_path):
 
 @pytest.mark.parametrize('name,value,message', [('overrides', 'max_steps=2', 'overrides'), ('variant', 'dcpr', "variant='dcpr'"),
                                                ('study', 'no_such_study', 'no_such_study')])
-def test_a_bad_parameter_is_named(tmp_path, name, value, message):
-    with pytest.raises(pm.PapermillExecutionError, match=message):
+def test_a_bad_parameter_is_named(name, value, message):
+    "check_cell is what every experiment notebook calls first on its parameters (the notebook's own defaults for the rest)."
+    from open_forgetting.study import check_cell
+    import ast
+    params = {**{k: ast.literal_eval(v['default']) for k, v in notebook_parameters(experiments_dir() / 'customize.ipynb').items()
+                 if k in ('study', 'overrides', 'concept', 'method', 'variant')}, name: value}
+    with pytest.raises((ValueError, FileNotFoundError), match=message): check_cell(**params)
+
+
+def test_a_bad_parameter_stops_the_notebook_before_any_work(tmp_path):
+    "One kernel (each costs an import of the library): the notebook itself refuses the value, naming it, and trains nothing."
+    with pytest.raises(pm.PapermillExecutionError, match="variant='dcpr'"):
         pm.execute_notebook(str(experiments_dir() / 'customize.ipynb'), str(tmp_path / 'c.ipynb'), kernel_name='python3',
-                            progress_bar=False, parameters={name: value, 'run_dir': str(tmp_path / 'run')})
+                            progress_bar=False, parameters={'variant': 'dcpr', 'run_dir': str(tmp_path / 'run')})
+    assert not list(tmp_path.rglob('*.safetensors'))
 
 
 def test_every_experiment_notebook_takes_a_study_and_overrides():
