@@ -1,5 +1,7 @@
 """Memory-safe training defaults (open_forgetting.train): the automatic gradient-checkpointing rule, shared frozen weights,
 DC's teacher without needless copies, and the caller's base model left bitwise unchanged."""
+import json
+
 import pytest
 import torch
 
@@ -114,6 +116,7 @@ def test_base_unchanged_after_customize_with_the_new_defaults(concept, tmp_path,
     kw = dict(method_settings={'self_init': {'steps': 1, 'batch_size': 1, 'latent_size': 8}}) if method == 'hypermod' else {}
     run = customize(base, concept, cfg(method, variant, **kw), tmp_path)
     assert base.fingerprint() == fp
+    assert json.loads((run / T.RUN_FILE).read_text())['memory']['gradient_checkpointing'] is True   # the plan is recorded
     after = {k: v for m in ('unet', 'vae', 'text_encoder') for k, v in getattr(base, m).state_dict().items()}
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     # the loaded result is a full copy again (a user may change it): it does not share the base's storage
