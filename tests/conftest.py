@@ -26,7 +26,12 @@ socket.socket.connect = _guarded_connect
 # skipped unless OPEN_FORGETTING_SLOW=1, so `make test` stays fast; `make test-slow` runs them.
 SLOW = os.environ.get('OPEN_FORGETTING_SLOW') == '1'
 
+# The longest tests (each starts notebook kernels or a CLI process) go first: pytest-xdist deals the first quarter of the
+# list round-robin to its workers, so they start at once on both workers instead of ending the run on one of them.
+FIRST = ('test_study_e2e.py', 'test_notebook_parameters.py', 'test_audit.py', 'test_runner.py')
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))   # stable
     if SLOW: return
     skip = pytest.mark.skip(reason='slow (minutes): run with `make test-slow` or OPEN_FORGETTING_SLOW=1')
     for item in items:

@@ -1,10 +1,10 @@
 """Issue 6 acceptance: the runner end to end on the smoke setting (two concepts, DreamBooth-DC), then the report,
 and one number of the report recomputed independently from the result files.
 
-This is the default suite's end-to-end path (the CLI, papermill, training, classification, the report notebook); the
-plain variant is left out to keep it at four jobs: the runner treats every variant alike, and tests/test_audit.py trains
-and evaluates the plain variant of the same study in process. `make test-slow` runs the report notebook's own
-two-variant smoke run."""
+This is the default suite's end-to-end path (the CLI, papermill, training, classification, the report notebook). The
+plain variant and the colour dataset are left out (four jobs, one classification set, `--set` on the way): the runner
+treats every variant alike, and tests/test_audit.py trains and evaluates the plain variant of the same study in
+process. `make test-slow` runs the report notebook's own two-variant smoke run."""
 import subprocess, sys
 from pathlib import Path
 
@@ -21,7 +21,7 @@ def test_runner_end_to_end_and_report(tmp_path):
     run = tmp_path / 'run'
     cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', 'smoke', '--concepts', 'heart_emblem,arrow_emblem',
            '--methods', 'dreambooth', '--variants', 'dc', '--experiments', 'global_drift', '--run-dir', str(run),
-           '--param', 'appearance=false']
+           '--param', 'appearance=false', '--set', "classification.datasets={'miniworld:shape': {}}"]
     subprocess.run(cmd, check=True, capture_output=True)
     status = pd.read_csv(run / 'jobs.csv')
     assert (status.status == 'done').all() and len(status) == 4
