@@ -405,7 +405,7 @@ def _save_result(path: Path, r: ImageResult, image_id: int, label: int):
 def _load_result(path: Path) -> tuple[ImageResult, int, int]:
     "Read and verify one image's record: a full decode (zip CRCs) and the stored checksum; `DamagedFileError` naming the file otherwise."
     try:
-        with np.load(path, allow_pickle=False) as z: arrays = {k: z[k] for k in z.files}
+        with open(path, 'rb') as f, np.load(f, allow_pickle=False) as z: arrays = {k: z[k] for k in z.files}   # closed even when the zip is damaged
         stored = str(arrays.pop('checksum'))
         n = int(arrays['n_stages'])
         if stored != _digest(arrays): raise DamagedFileError('checksum mismatch')

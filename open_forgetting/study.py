@@ -121,6 +121,10 @@ class Study(_Section):
         for name in self.concepts.names: check_name('concepts.names', name)
         if overlap := sorted(set(self.seeds.paired) & set(self.seeds.control)):
             raise ValueError(f"seeds.control shares {overlap} with seeds.paired: the control needs seeds of its own")
+        for key in ('paired', 'control'):      # KID (00_method §4) compares sets of generic-prompt images: at least 2 a side
+            if (n := len(getattr(self.seeds, key)) * self.appearance.n_generic_prompts) < 2:
+                raise ValueError(f"seeds.{key} ({len(getattr(self.seeds, key))} seed(s)) x appearance.n_generic_prompts "
+                                 f"({self.appearance.n_generic_prompts}) = {n} image per model: KID needs at least 2; add a seed or a prompt")
         for d in self.classification.datasets:
             _check_classifier(self.classification.datasets[d].classifier)
             world.classifier_config(self, d)                          # raises on a bad schedule
