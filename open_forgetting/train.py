@@ -1211,7 +1211,10 @@ def _finished_run(run_dir: Path, identity: dict) -> bool:
     try: info = load_json(run_dir / RUN_FILE)
     except (ValueError, UnicodeDecodeError) as e:
         quarantine(run_dir / RUN_FILE, f'not valid JSON: {e}'); return False
-    diff = identity_diff(info.get('identity', '<no identity: written by an older open_forgetting>'), identity)
+    old = info.get('identity', '<no identity: written by an older open_forgetting>')
+    if isinstance(old, dict) and isinstance(old.get('config'), dict):   # older runs recorded gradient_checkpointing: not a result setting
+        old = {**old, 'config': {k: v for k, v in old['config'].items() if k not in _ENGINEERING_FIELDS}}
+    diff = identity_diff(old, identity)
     if diff:
         raise FileExistsError(f"{run_dir} already holds a different finished run; differing fields (finished run -> this call): "
                               f"{'; '.join(diff[:8])}. Pass another out_dir or delete the folder.")

@@ -145,3 +145,16 @@ def test_method_settings_are_checked(small):
     with pytest.raises(TypeError, match='method_settings'):
         TrainConfig(method_settings='steps=3')
     assert TrainConfig(method_settings={}).key() == TrainConfig().key()
+
+
+def test_a_run_finished_before_checkpointing_left_the_identity_is_still_finished(small, concept, tmp_path, monkeypatch):
+    run = customize(small, concept, cfg('lora', max_steps=1), tmp_path)
+    info = json.loads((run / T.RUN_FILE).read_text())
+    info['identity']['config']['gradient_checkpointing'] = False        # what an older open_forgetting recorded
+    (run / T.RUN_FILE).write_text(json.dumps(info))
+    monkeypatch.setattr(T.Trainer, 'run', lambda self: pytest.fail('a finished run must not train again'))
+    assert customize(small, concept, cfg('lora', max_steps=1), tmp_path) == run
+    info['identity']['config']['learning_rate'] = 0.5                    # a real difference is still refused
+    (run / T.RUN_FILE).write_text(json.dumps(info))
+    with pytest.raises(FileExistsError, match='learning_rate'):
+        customize(small, concept, cfg('lora', max_steps=1), tmp_path)
