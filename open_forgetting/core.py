@@ -47,9 +47,10 @@ def get_dtype(device: str | torch.device | None = None, dtype: str | torch.dtype
 
 # %% ../nbs/00_core.ipynb #fdeacb94
 def free_memory(device: str | torch.device | None = None) -> int:
-    "Bytes free for new tensors on `device`: CUDA's free device memory, else the host's available memory."
+    "Bytes free for new tensors on `device`: CUDA's free memory plus what PyTorch holds cached there, else the host's available memory."
     device = get_device(device)
-    if device.type == 'cuda': return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == 'cuda':     # blocks PyTorch reserved but no tensor uses are free to it, though not to the driver
+        return int(torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     import psutil
     return int(psutil.virtual_memory().available)
 

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from .core import (get_device, get_dtype, home_dir, cache_dir, data_path, atomic_write, atomic_save_json,
                                   load_json, stable_hash, torch_generator, file_sha256, quarantine, check_finite,
-                                  NonFiniteError, DamagedFileError)
-from .models import Components, tokenize, encode_prompts, encode_images, to_pipeline
+                                  NonFiniteError, DamagedFileError, free_memory)
+from .models import Components, tokenize, encode_prompts, encode_images, sampling_scheduler, to_pipeline
 from .losses import (training_target, denoising_loss, prior_preservation_loss, drift_correction_loss,
                                     regularization_prompts, load_generic_prompts, noised_regularization_latents,
                                     teacher_prediction, TeacherPool, teacher_pool, REG_PROMPT_SOURCES, REG_LATENT_SOURCES)
@@ -31,8 +31,8 @@ __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT
            'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens',
            'CustomDiffusion', 'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError',
            'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity',
-           'run_identity', 'identity_diff', 'activation_estimate', 'needs_gradient_checkpointing', 'free_memory',
-           'teacher_copy_dtype', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
+           'run_identity', 'identity_diff', 'activation_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype',
+           'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -544,17 +544,12 @@ def variant_config(method: str = 'dreambooth', variant: str = 'plain', **overrid
     return TrainConfig(method=method, variant=variant, **kw)
 
 # %% ../nbs/05_train.ipynb #8034fee8
-def _sampling_view(base: Components) -> Components:
-    "`base` with a private copy of its scheduler: diffusers' pipeline rewrites deprecated scheduler settings (clip_sample, steps_offset) in place, which would change the caller's base model."
-    return Components(base.unet, base.vae, base.text_encoder, base.tokenizer, copy.deepcopy(base.scheduler), base.source)
-
-@torch.no_grad()
 def _sample(base: Components, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float,
             output_type: str, batch_size: int = 8, resolution: int | None = None) -> Tensor:
     "DDIM samples of `prompts` (seed per prompt) at `resolution` (None: the model's native one); `base` is not modified."
     from diffusers import DDIMScheduler
-    pipe = to_pipeline(_sampling_view(base))
-    pipe.scheduler = DDIMScheduler.from_config(base.scheduler.config)
+    pipe = to_pipeline(base)                                     # a private scheduler copy: `base` stays as it is
+    pipe.scheduler = sampling_scheduler(base.scheduler, DDIMScheduler)   # diffusers' repairs of outdated configs, as `generate` applies them
     pipe.set_progress_bar_config(disable=True)
     res, out = resolution or base.resolution, []
     for i in range(0, len(prompts), batch_size):
@@ -738,15 +733,6 @@ def needs_gradient_checkpointing(n_unet_params: int, n_trained: int, latent_size
                                  fraction: float = 0.8) -> bool:
     "[ours] Gradient checkpointing when a step's estimated memory without it (12 B per trained parameter for its gradient and AdamW's two moments, plus activations) exceeds `fraction` of the free memory."
     return 12 * n_trained + activation_estimate(n_unet_params, latent_size, batch) > fraction * free_bytes
-
-def free_memory(device: torch.device) -> int:
-    "Bytes free for training on `device`: CUDA's free memory plus what PyTorch holds cached there; available RAM (psutil) elsewhere."
-    device = torch.device(device)
-    if device.type == 'cuda':
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    import psutil
-    return int(psutil.virtual_memory().available)
 
 def teacher_copy_dtype(base_on_device: bool, base_dtype: torch.dtype, frozen_dtype: str | None,
                        training_dtype: torch.dtype) -> torch.dtype | None:
