@@ -113,7 +113,7 @@ def write_study(args, root: Path, base: Path, encoder: str, dino: str) -> Path:
     from open_forgetting.study import load_study, save_study
     res = ARCHS[args.arch]['resolution']
     train = dict(max_steps=args.steps, num_class_images=1, class_sampling_steps=2, resolution=args.train_resolution or res,
-                 gradient_checkpointing=True, checkpoint_every=0, progress=False, dc_teacher_pool=4)
+                 checkpoint_every=0, progress=False, dc_teacher_pool=4)   # memory settings: the package's defaults (printed per run)
     study = load_study(args.arch, {
         'name': f'rehearsal-{args.arch}', 'model.base': str(base), 'model.dtype': 'fp32',
         'classification.root': str(root / 'datasets'), 'classification.verify_checksums': False, 'classification.seeds': [0],
