@@ -192,14 +192,19 @@ def settings_cases():
         return len({a, b, c}) == 3, f'n_samples 4 -> 8 and loss l1 -> l2 give three keys: {len({a, b, c}) == 3}'
     run_case(S, 'classifier schedule (n_samples, loss)', schedule)
 
-    def notebook_code():
-        d = TMP / 'nb_code'; d.mkdir(exist_ok=True)
+    def edited_notebook_marker_changes(folder, which, addition):
+        "A copy of color.ipynb: its runner marker, then the first cell `which` selects gets `addition`; the marker's changes."
+        d = TMP / folder; d.mkdir(exist_ok=True)
         nb = d / 'color.ipynb'; shutil.copy(experiments_dir() / 'color.ipynb', nb)
         job = plan_jobs(['heart_emblem'], ['dreambooth'], ['dc'], ['color'], parameters={'study': 'smoke', 'overrides': {}})[1]
         run = TMP / 'run_nb'; old = stored(marker_record(job, run, job.all_parameters(run), nb))
-        cells = json.loads(nb.read_text()); code = next(c for c in cells['cells'] if c['cell_type'] == 'code' and 'parameters' not in c['metadata'].get('tags', []))
-        code['source'] = ''.join(code['source']) + '\n# edited'; nb.write_text(json.dumps(cells))
-        changes = marker_changes(old, marker_record(job, run, job.all_parameters(run), nb))
+        cells = json.loads(nb.read_text()); cell = next(c for c in cells['cells'] if which(c))
+        cell['source'] = ''.join(cell['source']) + addition; nb.write_text(json.dumps(cells))
+        return marker_changes(old, marker_record(job, run, job.all_parameters(run), nb))
+
+    def notebook_code():
+        changes = edited_notebook_marker_changes('nb_code', lambda c: c['cell_type'] == 'code' and 'parameters' not in c['metadata'].get('tags', []),
+                                                 '\n# edited')
         return any('notebook' in c for c in changes), f'a code cell edited: marker changes {changes}'
     run_case(S, "notebook's code (runner marker)", notebook_code)
 
@@ -257,13 +262,7 @@ def settings_cases():
     run_case(C, 'a study moved to another path keeps the marker', moved_study)
 
     def prose_only():
-        d = TMP / 'nb_prose'; d.mkdir(exist_ok=True)
-        nb = d / 'color.ipynb'; shutil.copy(experiments_dir() / 'color.ipynb', nb)
-        job = plan_jobs(['heart_emblem'], ['dreambooth'], ['dc'], ['color'], parameters={'study': 'smoke', 'overrides': {}})[1]
-        run = TMP / 'run_nb'; old = stored(marker_record(job, run, job.all_parameters(run), nb))
-        cells = json.loads(nb.read_text()); md = next(c for c in cells['cells'] if c['cell_type'] == 'markdown')
-        md['source'] = ''.join(md['source']) + '\nMore prose.'; nb.write_text(json.dumps(cells))
-        changes = marker_changes(old, marker_record(job, run, job.all_parameters(run), nb))
+        changes = edited_notebook_marker_changes('nb_prose', lambda c: c['cell_type'] == 'markdown', '\nMore prose.')
         return changes == [], f'a markdown cell edited: changes {changes}'
     run_case(C, "a notebook's prose keeps the marker", prose_only)
 
