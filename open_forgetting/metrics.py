@@ -313,7 +313,8 @@ def kid_interval(a: ImageSet | Tensor, b: ImageSet | Tensor, feature: torch.nn.M
     `subsets` times, a `fraction` of each set is drawn without replacement (m of n) and its KID computed; by the
     delete-d jackknife (Shao & Wu 1989) `s·(KID_m − KID_n)`, `s = sqrt(m/(n−m))`, is spread like `KID_n − KID`, so the
     interval is `KID_n` plus that spread's quantiles (percentile form; it covered the truth in 95 of 100 simulated
-    sets of 100 features, 90 of 100 at 40). `kid_std` is the spread's std."""
+    sets of 100 features, 90 of 100 at 40). `kid_std` is the spread's std. With 2 images on a side there is
+    no smaller subset: the interval is NaN."""
     if not 0 < level < 1: raise ValueError(f"level={level!r} must be in (0, 1), e.g. level=0.95.")
     if not 0 < fraction < 1: raise ValueError(f"fraction={fraction!r} must be in (0, 1), e.g. fraction=0.5.")
     fa, fb = (f.to(torch.float64) for f in _kid_features(a, b, feature))
@@ -322,6 +323,9 @@ def kid_interval(a: ImageSet | Tensor, b: ImageSet | Tensor, feature: torch.nn.M
     full = _mmd2_from_kernels(kxx, kyy, kxy)
     (na, nb), g = (len(fa), len(fb)), torch.Generator().manual_seed(seed)
     ma, mb = max(2, round(fraction * na)), max(2, round(fraction * nb))
+    if ma >= na or mb >= nb:          # 2 images a side: no smaller subset to resample, so KID has no interval
+        return {'kid': float(full), 'kid_lo': float('nan'), 'kid_hi': float('nan'), 'kid_std': float('nan'),
+                'n_a': na, 'n_b': nb, 'level': level}
     ia = torch.stack([torch.randperm(na, generator=g)[:ma] for _ in range(subsets)])
     ib = torch.stack([torch.randperm(nb, generator=g)[:mb] for _ in range(subsets)])
     step = max(1, int(1e7 // (ma * ma + mb * mb + ma * mb)))          # subsets per batch: about 80 MB of float64 kernels
