@@ -515,13 +515,14 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
         nonlocal text_embeddings, n_done, vae_cap, group
         images = [ds[pos][0] for pos, _, _ in pending]
         x = torch.stack([preprocess_image(image, resolution, config.interpolation) for image in images])
+        encode = lambda: encode_images(components, x.to(components.vae.device)).float()
         if vae_cap is None:                   # the first group is one image: its VAE peak bounds the later groups
-            z0, held = peak_memory(lambda: encode_images(components, x.to(components.vae.device)).float(), components.vae.device)
+            z0, held = peak_memory(encode, components.vae.device)
             vae_cap = memory_cap(held / len(images), free_memory(components.vae.device))
             group = image_group_size(run_config, len(prompts), len(acp), max_images=vae_cap)
             _report_once(f"classify on {device}: {run_config.batch_size} UNet samples per call, {group} images per group "
                          f"(VAE {format_bytes(held / len(images))} per image at {resolution} px; set batch_size / images_per_batch to choose)")
-        else: z0 = encode_images(components, x.to(components.vae.device)).float()
+        else: z0 = encode()
         noises = torch.stack([paired_noise(seed, image_id, max(config.n_samples), z0.shape[1:]) for _, image_id, _ in pending])
         with _memory_format(components.unet, config.channels_last):
             results = classify_latents(unet, z0, text_embeddings, noises, acp, run_config, prediction_type, _autocast(device, dtype), who)
@@ -538,7 +539,7 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
         text_embeddings = encode_prompts(components, prompts.prompt.tolist()).to(device)
         run_config = _resolve_batch_size(config, components, device, dtype, resolution, text_embeddings.shape[1:])
         unet = _maybe_compile(components.unet, config.compile)
-        group = 1 if vae_cap is None and config.images_per_batch is None else image_group_size(run_config, len(prompts), len(acp))
+        group = config.images_per_batch or 1       # the first group; `run_pending` sizes the rest from its VAE peak
 
     run_config, unet, vae_cap = config, components.unet, None
     for pos in mine:

@@ -31,8 +31,9 @@ __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT
            'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens',
            'CustomDiffusion', 'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError',
            'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity',
-           'run_identity', 'identity_diff', 'activation_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype',
-           'Trainer', 'default_run_dir', 'customize', 'load_customized']
+           'run_identity', 'identity_diff', 'activation_estimate', 'step_memory_estimate',
+           'needs_gradient_checkpointing', 'teacher_copy_dtype', 'Trainer', 'default_run_dir', 'customize',
+           'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -723,22 +724,24 @@ def identity_diff(old: Any, new: Any, prefix: str = '') -> list[str]:
 # %% ../nbs/05_train.ipynb #a90bb908
 ACTIVATION_BYTES = 1e-3           # [ours] rough: fp32 activation bytes kept for backward, per UNet parameter, per latent
                                   # pixel, per sample, without checkpointing (order of magnitude of SD-1.5 at 512 px)
-_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
 def activation_estimate(n_unet_params: int, latent_size: int, batch: int) -> float:
     "Rough bytes of the activations one UNet training step keeps for backward without gradient checkpointing [ours]."
     return ACTIVATION_BYTES * n_unet_params * latent_size ** 2 * batch
 
+def step_memory_estimate(n_unet_params: int, n_trained: int, latent_size: int, batch: int) -> float:
+    "[ours] Bytes one training step needs without gradient checkpointing: 12 per trained parameter (its gradient and AdamW's two moments) plus `activation_estimate`."
+    return 12 * n_trained + activation_estimate(n_unet_params, latent_size, batch)
+
 def needs_gradient_checkpointing(n_unet_params: int, n_trained: int, latent_size: int, batch: int, free_bytes: float,
                                  fraction: float = 0.8) -> bool:
     "[ours] Gradient checkpointing when a step's estimated memory without it (12 B per trained parameter for its gradient and AdamW's two moments, plus activations) exceeds `fraction` of the free memory."
-    return 12 * n_trained + activation_estimate(n_unet_params, latent_size, batch) > fraction * free_bytes
+    return step_memory_estimate(n_unet_params, n_trained, latent_size, batch) > fraction * free_bytes
 
 def teacher_copy_dtype(base_on_device: bool, base_dtype: torch.dtype, frozen_dtype: str | None,
                        training_dtype: torch.dtype) -> torch.dtype | None:
     "DC's frozen teacher [ours]: None = the caller's UNet itself (no copy), else the dtype of the copy the loop makes."
     if frozen_dtype is not None:
-        want = _DTYPES[frozen_dtype]
+        want = get_dtype(None, frozen_dtype)
         return None if base_on_device and base_dtype == want else want
     # automatic: the caller's UNet as it is when it is there in the training dtype, or already in reduced precision
     # (a base loaded in bf16 is θ0; an upcast copy would cost memory and add nothing); else a copy in the training dtype
@@ -819,7 +822,7 @@ class Trainer:
         gc = c.gradient_checkpointing
         if gc is None:
             gc = needs_gradient_checkpointing(n_unet, n_trained, latent, batch, free)
-            need = 12 * n_trained + activation_estimate(n_unet, latent, batch)
+            need = step_memory_estimate(n_unet, n_trained, latent, batch)
             why = f'automatic: ~{_gib(need)} needed without it, {_gib(free)} free'
         else: why = 'gradient_checkpointing set'
         parts = [f"gradient checkpointing {'on' if gc else 'off'} ({n_unet / 1e6:.0f} M UNet params, {res} px, batch {batch}; {why})",
