@@ -157,14 +157,13 @@ def _more_commands(sub) -> None:
     a.add_argument('--scale', type=float, default=1.0, help='LoRA scale'); a.add_argument('--token', default=None, help='textual-inversion token')
     a.add_argument('--out', default=None, help='report folder (default $OPEN_FORGETTING_HOME/audits/<time>)')
     e = sub.add_parser('export', help='export a run folder for diffusers (pipeline folder, LoRA file, textual inversion)')
-    e.add_argument('run_dir'); e.add_argument('--to', required=True, help='output folder or file')
+    e.add_argument('run_dir'); e.add_argument('--to', required=True, help="a folder (diffusers' default file names inside), or for lora / textual_inversion a FILE.safetensors")
     e.add_argument('--format', default='pipeline', choices=['pipeline', 'lora', 'textual_inversion', 'custom_diffusion'])
     e.add_argument('--base', default=None, help="the run's base model when its recorded source cannot be reloaded (hub id, folder, file)")
     d = sub.add_parser('drift-map', help='which concepts did a fine-tune change, out of a vocabulary')
     d.add_argument('--base', required=True); d.add_argument('--tuned', required=True)
     d.add_argument('--vocabulary', default='imagenet', help="'imagenet', 'generic', 'miniworld', or a text/CSV file of concepts")
     d.add_argument('--out', default='drift_map'); d.add_argument('--n-samples', type=int, default=16); d.add_argument('--top-k', type=int, default=10)
-
 
 # %% ../nbs/99_cli.ipynb #7a1b2c3d
 def train_command(args) -> int:

@@ -17,10 +17,11 @@ from .models import (Components, ModelNotAvailableError, PICKLE_SUFFIXES, load_c
 from .train import load_customized
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'NOTE_FILE', 'CD_WEIGHTS', 'AdapterMismatchError', 'ArchitectureMismatchError', 'run_info',
-           'base_for_run', 'fold_hypermod', 'lora_state_dict', 'save_lora', 'fuse_unet_lora', 'trained_tokens',
-           'token_embedding', 'save_textual_inversion', 'save_custom_diffusion', 'export_run', 'spec_kind',
-           'check_same_architecture', 'apply_lora', 'apply_textual_inversion', 'apply_custom_diffusion', 'load_tuned']
+__all__ = ['EXPORT_FORMATS', 'NOTE_FILE', 'LORA_FILE', 'CD_WEIGHTS', 'AdapterMismatchError', 'ArchitectureMismatchError',
+           'run_info', 'base_for_run', 'fold_hypermod', 'lora_state_dict', 'save_lora', 'fuse_unet_lora',
+           'trained_tokens', 'token_embedding', 'save_textual_inversion', 'save_custom_diffusion', 'export_target',
+           'export_run', 'spec_kind', 'check_same_architecture', 'apply_lora', 'apply_textual_inversion',
+           'apply_custom_diffusion', 'load_tuned']
 
 # %% ../nbs/15_interop.ipynb #5288feac
 EXPORT_FORMATS = ('pipeline', 'lora', 'textual_inversion', 'custom_diffusion')
@@ -75,12 +76,15 @@ def lora_state_dict(unet: torch.nn.Module, adapter: str = 'default') -> tuple[di
     cfg['target_modules'] = sorted(cfg['target_modules']) if cfg.get('target_modules') else cfg.get('target_modules')
     return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, cfg
 
-def save_lora(unet: torch.nn.Module, out: str | Path) -> Path:
-    "Write the UNet's LoRA as `pytorch_lora_weights.safetensors` in `out`, the file `pipe.load_lora_weights(out)` reads (alpha in its metadata)."
+LORA_FILE = 'pytorch_lora_weights.safetensors'   # diffusers' default weight_name
+
+def save_lora(unet: torch.nn.Module, out: str | Path, weight_name: str | None = None) -> Path:
+    "Write the UNet's LoRA as `out/weight_name` (default `pytorch_lora_weights.safetensors`), the file `pipe.load_lora_weights(out, weight_name=...)` reads (alpha in its metadata)."
     from diffusers import StableDiffusionPipeline
     sd, cfg = lora_state_dict(unet)
-    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=sd, unet_lora_adapter_metadata=cfg, safe_serialization=True)
-    return Path(out) / 'pytorch_lora_weights.safetensors'
+    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=sd, unet_lora_adapter_metadata=cfg, safe_serialization=True,
+                                              weight_name=weight_name or LORA_FILE)
+    return Path(out) / (weight_name or LORA_FILE)
 
 def fuse_unet_lora(unet: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module:
     "Merge the UNet's LoRA adapters into its weights (W + scale·(α/r)·B·A, Hu et al. 2022) and remove the adapter layers."
@@ -135,19 +139,32 @@ _NOTES = {
 }
 
 # %% ../nbs/15_interop.ipynb #f4910a6f
+def export_target(out: str | Path, format: str) -> tuple[Path, str | None]:
+    "Where an export goes `[ours]`: `(folder, file name)` when `out` names a `.safetensors` file (a LoRA or an embedding is one file), `(out, None)` for a folder (diffusers' default file name inside)."
+    out = Path(out)
+    if out.suffix != '.safetensors' or out.is_dir(): return out, None
+    if format not in ('lora', 'textual_inversion'):
+        what = ('a folder (model_index.json, unet/, vae/, text_encoder/, ...) that StableDiffusionPipeline.from_pretrained opens'
+                if format == 'pipeline' else 'two files (the K/V weights and the modifier token)')
+        raise ValueError(f"{str(out)!r} names a .safetensors file, but a {format!r} export is {what}: give a folder "
+                         f"instead, e.g. --to {str(out.with_suffix(''))!r}. Only 'lora' and 'textual_inversion' exports are single files.")
+    return out.parent, out.name
+
 def _export_note(out: Path, run_dir: Path, info: dict, fmt: str, **extra) -> None:
     note = {'run_dir': str(run_dir), 'method': info['method'], 'variant': info['config'].get('variant'),
             'concept': info['concept']['name'], 'token': info.get('token'), 'instance_prompt': info.get('instance_prompt'),
             'base_fingerprint': info['base_fingerprint'], 'base_source': info.get('base_source'), 'format': fmt, **extra}
-    atomic_save_json(note, out / NOTE_FILE)
+    atomic_save_json(note, out / NOTE_FILE if out.is_dir() else out.with_name(f'{out.stem}.{NOTE_FILE}'))
 
 def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', base: Components | str | Path | None = None) -> Path:
     """Export a finished run for diffusers: 'pipeline' (a folder `StableDiffusionPipeline.from_pretrained` opens; HyperMod
     with its modulation folded into the weights), 'lora' (the file `pipe.load_lora_weights` reads) or 'textual_inversion'
     (the trained token rows, for `pipe.load_textual_inversion`) or 'custom_diffusion' (K/V weights and the modifier
-    token, as diffusers' Custom Diffusion training leaves them). Returns the folder or file written."""
+    token, as diffusers' Custom Diffusion training leaves them). `out` is a folder, or for 'lora' and
+    'textual_inversion' also a `.safetensors` file name. Returns the folder or file written."""
     if format not in EXPORT_FORMATS: raise ValueError(f"format={format!r} is unknown; use one of {EXPORT_FORMATS}.")
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir = Path(run_dir)
+    folder, name = export_target(out, format)           # refused before anything loads
     info = run_info(run_dir)
     method = info['config']['method']
     if format in ('lora', 'custom_diffusion') and method != format:
@@ -156,14 +173,14 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', b
     if format == 'textual_inversion' and not words:
         raise ValueError(f"{str(run_dir)!r} ({method!r}) trains no token embedding of its own: export it with format='pipeline'.")
     tuned = load_customized(base_for_run(run_dir, base), run_dir)
-    if format == 'lora': path = save_lora(tuned.unet, out)
-    elif format == 'textual_inversion': path = save_textual_inversion(tuned, words[0], out)
-    elif format == 'custom_diffusion': path = save_custom_diffusion(tuned, words[0], out)
+    if format == 'lora': path = save_lora(tuned.unet, folder, name)
+    elif format == 'textual_inversion': path = save_textual_inversion(tuned, words[0], folder, **({'filename': name} if name else {}))
+    elif format == 'custom_diffusion': path = save_custom_diffusion(tuned, words[0], folder)
     else:
         if method == 'lora': fuse_unet_lora(tuned.unet)
         fold_hypermod(tuned.unet)
-        path = save_components(tuned, out)
-    _export_note(out, run_dir, info, format, folded_hypermod=(method == 'hypermod' and format == 'pipeline'),
+        path = save_components(tuned, folder)
+    _export_note(path if name else folder, run_dir, info, format, folded_hypermod=(method == 'hypermod' and format == 'pipeline'),
                  token=words[0] if format == 'textual_inversion' else info.get('token'),
                  note=_NOTES.get((method, format), ''))
     return path

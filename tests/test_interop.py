@@ -198,3 +198,31 @@ def test_spec_errors(setup, small, tmp_path):
     lora = export_run(runs['lora'], tmp_path / 'lora', 'lora', base=small)
     with pytest.raises(AdapterMismatchError, match='size mismatch'): load_tuned(other, lora)
     with pytest.raises(ModelNotAvailableError): load_tuned(small, 'nobody/no-such-model-offline')
+
+
+def test_export_to_a_safetensors_file_is_what_diffusers_reads(setup, small, tmp_path, capsys):
+    "`open-forgetting export RUN --to NAME.safetensors` writes that one file (diffusers' weight_name); a pipeline to such a name is refused."
+    from diffusers import StableDiffusionPipeline
+    from open_forgetting.cli import main
+    tmp, runs = setup
+    base_dir = save_components(small, tmp_path / 'base')
+    pipe = lambda: StableDiffusionPipeline.from_pretrained(str(base_dir), safety_checker=None, requires_safety_checker=False)
+    lora = tmp_path / 'out' / 'toy-lora.safetensors'
+    assert main(['export', str(runs['lora']), '--to', str(lora), '--format', 'lora', '--base', str(base_dir)]) == 0
+    assert lora.is_file() and spec_kind(lora) == 'lora'
+    p = pipe(); p.load_lora_weights(str(lora.parent), weight_name=lora.name)
+    torch.testing.assert_close(_out(p, 'a photo of sks toy')[0], _out(load_customized(small, runs['lora']), 'a photo of sks toy')[0],
+                               rtol=0, atol=1e-5)
+    assert not torch.allclose(_out(small, 'a photo of sks toy')[0], _out(p, 'a photo of sks toy')[0], atol=1e-5)   # the LoRA acts
+    ti = tmp_path / 'out' / 'modifier.safetensors'
+    assert main(['export', str(runs['custom_diffusion']), '--to', str(ti), '--format', 'textual_inversion', '--base', str(base_dir)]) == 0
+    p = pipe(); p.load_textual_inversion(str(ti))
+    torch.testing.assert_close(_out(p, 'a photo of <new1> toy')[1],
+                               _out(load_customized(small, runs['custom_diffusion']), 'a photo of <new1> toy')[1], rtol=0, atol=1e-6)
+    assert sorted(f.name for f in lora.parent.iterdir()) == ['modifier.open_forgetting_export.json', 'modifier.safetensors',
+                                                           'toy-lora.open_forgetting_export.json', 'toy-lora.safetensors']
+    folder = export_run(runs['lora'], tmp_path / 'folder', 'lora', base=small)        # a folder: diffusers' default name inside
+    assert folder == tmp_path / 'folder' / 'pytorch_lora_weights.safetensors' and load_file(str(folder)).keys() == load_file(str(lora)).keys()
+    capsys.readouterr()
+    assert main(['export', str(runs['dreambooth']), '--to', str(tmp_path / 'db.safetensors'), '--base', str(base_dir)]) == 2
+    assert "'pipeline' export is a folder" in capsys.readouterr().err and not (tmp_path / 'db.safetensors').exists()
