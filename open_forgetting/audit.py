@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_audit.ipynb #07c750c4
 from __future__ import annotations
-import base64, html, io, time
+import base64, html, io, tempfile, time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -14,8 +14,8 @@ from .study import (Study, load_study, load_base, semantic_drift, appearance_dri
                                    related_appearance_prompts, study_concept, save_table, concept_fidelity, load_encoder)
 
 # %% auto #0
-__all__ = ['TUNED', 'IDENTITY', 'audit_study', 'load_pair', 'diversity_tables', 'audit_tables', 'audit_figures', 'headline',
-           'write_report', 'audit']
+__all__ = ['TUNED', 'IDENTITY', 'audit_study', 'load_pair', 'diversity_tables', 'audit_tables', 'audit_figures', 'kid_words',
+           'headline', 'write_report', 'audit']
 
 # %% ../nbs/17_audit.ipynb #d921cd2e
 TUNED = 'tuned'
@@ -85,6 +85,18 @@ def audit_figures(tables: Mapping[str, pd.DataFrame]) -> dict[str, str]:
         figs['Drift map: the most changed concepts'] = _png(plot_drift_map(tables['drift_map']))
     return figs
 
+def kid_words(kid: float, lo: float, hi: float, n: int | None = None) -> str:
+    "KID with its interval in words `[ours]`; with too few images to resample (`metrics.kid_interval`: 2 a side) it says so instead of printing `[nan, nan]`."
+    if pd.notna(lo) and pd.notna(hi): return f"KID {kid:.4f} [{lo:.4f}, {hi:.4f}]"
+    return f"KID {kid:.4f}, no interval" + (f" ({n} images a side)" if n is not None else '')
+
+def _kid_n(tables: Mapping[str, pd.DataFrame], model: str) -> int | None:
+    "Images a side behind `model`'s KID (the fewest, when KID was computed per group)."
+    kid = tables.get('kid')
+    if kid is None or 'n' not in kid: return None
+    n = kid.loc[kid.model == model, 'n']
+    return int(n.min()) if len(n) else None
+
 def headline(tables: Mapping[str, pd.DataFrame]) -> list[str]:
     "The report's first lines, in words."
     lines = []
@@ -97,7 +109,7 @@ def headline(tables: Mapping[str, pd.DataFrame]) -> list[str]:
     if TUNED in a.index and ctrl:
         c = a.loc[ctrl[0]]; t = a.loc[TUNED]
         lines.append(f"generic prompts: CLIP-I to base {t.clip_i:.3f} (control {c.clip_i:.3f}), CDI {t.cdi:.4f} (control {c.cdi:.4f})"
-                     + (f", KID {t.kid:.4f} [{t.kid_lo:.4f}, {t.kid_hi:.4f}] (control {c.kid:.4f})" if 'kid_lo' in a else ''))
+                     + (f", {kid_words(t.kid, t.kid_lo, t.kid_hi, _kid_n(tables, TUNED))} (control {c.kid:.4f})" if 'kid_lo' in a else ''))
     return lines
 
 def write_report(tables: Mapping[str, pd.DataFrame], out: str | Path, title: str) -> Path:
@@ -105,10 +117,10 @@ def write_report(tables: Mapping[str, pd.DataFrame], out: str | Path, title: str
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items(): save_table(df, out, name)
     figs, lines = audit_figures(tables), headline(tables)
-    md = [f'# {title}', '', *[f'- {l}' for l in lines], '', *[f'![{t}]({t}.png)' for t in []]]
+    files = {t: f"{t.split(':')[0].replace(' ', '_').lower()[:40]}.png" for t in figs}
+    for t, b64 in figs.items(): (out / files[t]).write_bytes(base64.b64decode(b64))
+    md = [f'# {title}', '', *[f'- {l}' for l in lines], '', *[f'![{t}]({files[t]})' for t in figs]]
     md += ['', '## Tables', '', *[f'- `{n}.csv` ({len(df)} rows)' for n, df in tables.items()]]
-    for t, b64 in figs.items():
-        (out / f"{t.split(':')[0].replace(' ', '_').lower()[:40]}.png").write_bytes(base64.b64decode(b64))
     (out / 'report.md').write_text('\n'.join(md) + '\n', encoding='utf-8')
     body = ''.join(f'<li>{html.escape(l)}</li>' for l in lines)
     imgs = ''.join(f'<figure><img src="data:image/png;base64,{b}"/><figcaption>{html.escape(t)}</figcaption></figure>' for t, b in figs.items())
@@ -117,7 +129,7 @@ def write_report(tables: Mapping[str, pd.DataFrame], out: str | Path, title: str
             f'max-width:1100px;margin:2em auto}} figure{{display:inline-block;width:48%;margin:0}} img{{width:100%}} table{{font-size:80%;'
             f'border-collapse:collapse}} td,th{{padding:2px 6px;border-bottom:1px solid #ddd}}</style></head><body><h1>{html.escape(title)}</h1>'
             f'<ul>{body}</ul>{imgs}<h2>Semantic drift</h2>{summary}<h2>Appearance (with the control)</h2>'
-            f'{tables["appearance"].round(4).to_html(index=False)}</body></html>')
+            f'{tables["appearance"].round(4).to_html(index=False, na_rep="–")}</body></html>')
     (out / 'report.html').write_text(page, encoding='utf-8')
     return out
 

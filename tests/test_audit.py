@@ -1,6 +1,8 @@
 """The audit of an exported model reproduces the study's own evaluation of the same model (same images, same paired
 noise): a DreamBooth run exported as a diffusers pipeline folder, and a LoRA run exported as a LoRA file applied to the
 base through diffusers' own loader."""
+import re
+
 import pytest
 
 from open_forgetting.audit import TUNED, audit_tables, load_pair
@@ -25,3 +27,21 @@ def test_audit_of_an_export_equals_the_studys_numbers(tmp_path, method, fmt):
     audited = audit_tables(study, b, t)['semantic_drift']
     audited = audited[audited.model == TUNED][COLUMNS].reset_index(drop=True)
     assert audited.equals(own), (audited, own)
+
+
+def test_report_with_two_images_a_side_says_there_is_no_kid_interval(tmp_path):
+    "1 paired seed x 2 generic prompts: KID has no interval (kid_interval gives NaN); report.md and report.html say so in words."
+    import copy
+    from open_forgetting.audit import audit_study, write_report
+    from open_forgetting.study import load_base
+    study = audit_study('miniworld', 'smoke', {'classification.datasets': {}, 'seeds.paired': [0],
+                                               'seeds.control': [100], 'appearance.n_generic_prompts': 2})
+    base = load_base(study)
+    tables = audit_tables(study, base, copy.deepcopy(base))
+    assert (tables['kid'].n == 2).all() and tables['kid'].kid_lo.isna().all()
+    out = write_report(tables, tmp_path / 'report', 'two a side')
+    for page in ('report.md', 'report.html'):
+        text = re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', '', (out / page).read_text())    # the embedded figures
+        assert 'no interval (2 images a side)' in text and not re.search(r'\bnan\b', text, re.I), page
+    md = (out / 'report.md').read_text()
+    assert all((out / line.split('](')[1].rstrip(')')).is_file() for line in md.splitlines() if line.startswith('!['))
