@@ -504,17 +504,15 @@ def check_hypermod_settings(settings) -> dict:
 
 def hypermod_settings(train_config, hypermod_config: HyperModConfig | None = None,
                       self_init_config: SelfInitConfig | None = None) -> tuple[HyperModConfig, SelfInitConfig]:
-    "HyperMod settings of a run: the given defaults, then `train_config.hypermod_*` / `self_init_*` fields when present, then its `method_settings['hypermod' / 'self_init']`; seeds and progress from the run unless set."
-    sections = check_hypermod_settings(getattr(train_config, 'method_settings', None) or {})
+    "HyperMod settings of a run: the given defaults, then its `TrainConfig.method_settings['hypermod' / 'self_init']` (checked); seeds and progress from the run unless set."
+    sections = check_hypermod_settings(train_config.method_settings)
     out = []
-    for prefix, cls, default in (('hypermod_', HyperModConfig, hypermod_config), ('self_init_', SelfInitConfig, self_init_config)):
-        default = default or cls()
-        kw = {f.name: getattr(train_config, prefix + f.name) for f in dataclasses.fields(cls) if hasattr(train_config, prefix + f.name)}
-        kw.update(sections.get(prefix[:-1], {}))
-        if 'seed' not in kw and hasattr(train_config, 'seed'): kw['seed'] = train_config.seed
-        if cls is SelfInitConfig and 'progress' not in kw and hasattr(train_config, 'progress'): kw['progress'] = train_config.progress
+    for section, cls, default in (('hypermod', HyperModConfig, hypermod_config), ('self_init', SelfInitConfig, self_init_config)):
+        kw = dict(sections.get(section, {}))
+        kw.setdefault('seed', train_config.seed)
+        if cls is SelfInitConfig: kw.setdefault('progress', train_config.progress)
         if 'target_modules' in kw: kw['target_modules'] = tuple(kw['target_modules'])
-        out.append(dataclasses.replace(default, **kw))
+        out.append(dataclasses.replace(default or cls(), **kw))
     return out[0], out[1]
 
 if _CustomizationMethod is not None:
@@ -523,8 +521,8 @@ if _CustomizationMethod is not None:
         defaults = HYPERMOD_TRAIN_DEFAULTS
         modifies_text_encoder = False
         shares_frozen_weights = True                    # prepare only reads the UNet's weights (attach leaves them untouched)
-        hypermod_config: HyperModConfig | None = None   # defaults when TrainConfig has no hypermod_* fields
-        self_init_config: SelfInitConfig | None = None  # defaults when TrainConfig has no self_init_* fields
+        hypermod_config: HyperModConfig | None = None   # defaults under TrainConfig.method_settings['hypermod']
+        self_init_config: SelfInitConfig | None = None  # defaults under TrainConfig.method_settings['self_init']
         report_file = 'hypermod.json'
 
         @classmethod
@@ -547,8 +545,7 @@ if _CustomizationMethod is not None:
             si_cfg = self.settings()[1]
             if si_cfg.steps > 0:
                 self.self_init_report = self_initialize_cached(self.modulator, trainer.student, si_cfg)
-            acc = getattr(trainer, 'accelerator', None)
-            if acc is None or acc.is_main_process:
+            if trainer.accelerator.is_main_process:
                 atomic_save_json(self.run_info(), Path(trainer.run_dir) / self.report_file)
 
         def identity(self) -> dict:

@@ -17,7 +17,8 @@ from .core import data_path
 # %% auto #0
 __all__ = ['REG_PROMPT_SOURCES', 'REG_LATENT_SOURCES', 'training_target', 'min_snr_weights', 'denoising_loss',
            'prior_preservation_loss', 'load_generic_prompts', 'regularization_prompts', 'noised_regularization_latents',
-           'teacher_prediction', 'drift_correction_loss', 'TeacherPool', 'teacher_pool']
+           'teacher_prediction', 'drift_correction_term', 'drift_correction_loss', 'loss_terms', 'total_loss',
+           'TeacherPool', 'teacher_pool']
 
 # %% ../nbs/04_losses.ipynb #769824e4
 def training_target(scheduler, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
@@ -94,6 +95,10 @@ def teacher_prediction(teacher: torch.nn.Module, noisy_latents: Tensor, timestep
         return teacher(noisy_latents.to(p.device, p.dtype), timesteps.to(p.device),
                        encoder_hidden_states=embeds.to(p.device, p.dtype)).sample
 
+def drift_correction_term(student_pred: Tensor, teacher_pred: Tensor) -> Tensor:
+    "L_DC on given predictions [ours, 00_method §3]: mean ‖ε_θ − ε_θ0‖², in fp32, on the student's device."
+    return F.mse_loss(student_pred.float(), teacher_pred.float().to(student_pred.device))
+
 def drift_correction_loss(student: torch.nn.Module | None, teacher: torch.nn.Module | None, noisy_latents: Tensor,
                           timesteps: Tensor, embeds: Tensor, teacher_embeds: Tensor | None = None,
                           student_pred: Tensor | None = None, teacher_pred: Tensor | None = None) -> Tensor:
@@ -105,7 +110,29 @@ def drift_correction_loss(student: torch.nn.Module | None, teacher: torch.nn.Mod
     if teacher_pred is None:
         if teacher is None: raise ValueError("drift_correction_loss needs the teacher UNet or its cached prediction teacher_pred.")
         teacher_pred = teacher_prediction(teacher, noisy_latents, timesteps, embeds if teacher_embeds is None else teacher_embeds)
-    return F.mse_loss(student_pred.float(), teacher_pred.float().to(student_pred.device))
+    return drift_correction_term(student_pred, teacher_pred)
+
+# %% ../nbs/04_losses.ipynb #c71a6f9a
+def loss_terms(pred: Tensor, target: Tensor, timesteps: Tensor, scheduler, n_instance: int, n_prior: int = 0,
+               dc_target: Tensor | None = None, snr_gamma: float | None = None) -> dict[str, Tensor]:
+    "The named terms of 00_method §3's objective from one stacked student output `pred` (rows: instance | prior | DC): 'inst', 'prior' (when `n_prior`) against `target` at `timesteps`, 'dc' (when `dc_target`) against the teacher's prediction."
+    b = n_instance + n_prior
+    if len(target) != b or len(pred) != b + (0 if dc_target is None else len(dc_target)):
+        raise ValueError(f"loss_terms: pred has {len(pred)} rows, target {len(target)}; expected {b} denoising rows "
+                         f"(n_instance={n_instance}, n_prior={n_prior}) plus {0 if dc_target is None else len(dc_target)} DC rows.")
+    terms = {'inst': denoising_loss(pred[:n_instance], target[:n_instance], timesteps[:n_instance], scheduler, snr_gamma)}
+    if n_prior: terms['prior'] = prior_preservation_loss(pred[n_instance:b], target[n_instance:b], timesteps[n_instance:b],
+                                                         scheduler, snr_gamma)
+    if dc_target is not None: terms['dc'] = drift_correction_term(pred[b:], dc_target)
+    return terms
+
+def total_loss(terms: dict[str, Tensor], weights: dict[str, float] | None = None) -> Tensor:
+    "L = L_inst + λ_pr·L_prior + λ_DC·L_DC (00_method §3): the sum of `terms` in their order, each times its weight in `weights` (absent: 1)."
+    loss = None
+    for k, v in terms.items():
+        v = v if (weights or {}).get(k) is None else weights[k] * v
+        loss = v if loss is None else loss + v
+    return loss
 
 # %% ../nbs/04_losses.ipynb #55102002
 @dataclass

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #d4477c0a
 from __future__ import annotations
-import copy, csv, dataclasses, hashlib, importlib, json, math, numbers, os, random, re, shutil, time, warnings
+import contextlib, copy, csv, dataclasses, hashlib, importlib, json, math, numbers, os, random, re, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +20,7 @@ from .core import (get_device, get_dtype, home_dir, cache_dir, data_path, atomic
                                   load_json, stable_hash, torch_generator, file_sha256, quarantine, check_finite,
                                   NonFiniteError, DamagedFileError, free_memory)
 from .models import Components, tokenize, encode_prompts, encode_images, sampling_scheduler, to_pipeline
-from .losses import (training_target, denoising_loss, prior_preservation_loss, drift_correction_loss,
+from .losses import (training_target, loss_terms, total_loss,
                                     regularization_prompts, load_generic_prompts, noised_regularization_latents,
                                     teacher_prediction, TeacherPool, teacher_pool, REG_PROMPT_SOURCES, REG_LATENT_SOURCES)
 
@@ -32,8 +32,9 @@ __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT
            'CustomDiffusion', 'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError',
            'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity',
            'run_identity', 'identity_diff', 'activation_estimate', 'step_memory_estimate',
-           'needs_gradient_checkpointing', 'teacher_copy_dtype', 'Trainer', 'default_run_dir', 'customize',
-           'load_customized']
+           'needs_gradient_checkpointing', 'teacher_copy_dtype', 'place_student', 'memory_plan', 'TrainingData',
+           'training_data', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point',
+           'write_checkpoint', 'read_checkpoint', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -750,6 +751,198 @@ def teacher_copy_dtype(base_on_device: bool, base_dtype: torch.dtype, frozen_dty
 
 def _gib(n: float) -> str: return f'{n / 2**30:.1f} GiB'
 
+# %% ../nbs/05_train.ipynb #49aebedc
+def place_student(student: Components, base: Components, device: torch.device, weight_dtype: torch.dtype) -> None:
+    "[ours] The student's own modules on `device`: trained parameters fp32, frozen ones in `weight_dtype`; a text encoder shared with `base` stays as it is."
+    for m in (student.unet, student.text_encoder):
+        if m is base.text_encoder: continue                  # shared with the caller, frozen: left as it is
+        m.to(device)
+        for p in m.parameters(): p.data = p.data.to(dtype=torch.float32 if p.requires_grad else weight_dtype)
+    student.unet.train()
+
+def memory_plan(config: TrainConfig, base: Components, student: Components, params: dict[str, nn.Parameter],
+                resolution: int, device: torch.device, weight_dtype: torch.dtype) -> tuple[dict, torch.dtype | None]:
+    "[ours] The run's memory choices and their one-line summary: gradient checkpointing (`needs_gradient_checkpointing` unless set), shared frozen weights, and DC's teacher (`teacher_copy_dtype`, returned second: None = the caller's UNet)."
+    c, unet = config, student.unet
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_trained = sum(p.numel() for p in params.values())
+    shared = {p.data_ptr() for p in base.unet.parameters()}
+    n_shared = sum(p.numel() for p in unet.parameters() if p.data_ptr() in shared)
+    n_frozen = sum(p.numel() for p in unet.parameters() if not p.requires_grad)
+    latent = resolution // base.vae_downsample
+    batch = c.train_batch_size * (2 if c.uses_prior else 1) + (c.dc_n_reg if c.uses_dc else 0)
+    free = free_memory(device)
+    gc = c.gradient_checkpointing
+    if gc is None:
+        gc = needs_gradient_checkpointing(n_unet, n_trained, latent, batch, free)
+        need = step_memory_estimate(n_unet, n_trained, latent, batch)
+        why = f'automatic: ~{_gib(need)} needed without it, {_gib(free)} free'
+    else: why = 'gradient_checkpointing set'
+    parts = [f"gradient checkpointing {'on' if gc else 'off'} ({n_unet / 1e6:.0f} M UNet params, {resolution} px, batch {batch}; {why})",
+             f"trained {n_trained / 1e6:.1f} M params fp32",
+             f"frozen UNet weights {'shared with the base' if n_shared else 'copied'} ({n_frozen / 1e6:.0f} M)" if n_frozen
+             else 'no frozen UNet weights']
+    teacher = None
+    if c.uses_dc:
+        bu = base.unet
+        teacher = teacher_copy_dtype(bu.device == device and not bu.training, bu.dtype, c.frozen_dtype, weight_dtype)
+        what = f"the caller's UNet ({str(bu.dtype)[6:]}, no copy)" if teacher is None else f"a {str(teacher)[6:]} copy"
+        parts.append(f"DC teacher {what}{', for the cached pool only' if c.dc_teacher_pool else ''}")
+    plan = dict(gradient_checkpointing=gc, n_unet_params=n_unet, n_trained_params=n_trained, n_shared_params=n_shared,
+                free_bytes=free, teacher_dtype=None if teacher is None else str(teacher), summary='memory: ' + ', '.join(parts))
+    return plan, teacher
+
+# %% ../nbs/05_train.ipynb #0c441383
+@dataclass
+class TrainingData:
+    "A run's data, encoded once on the training device (00_method §3): instance latents (and flipped), class latents, DC's prompts C_reg and replay set; draws each step's batches."
+    config: TrainConfig
+    instance_latents: Tensor
+    instance_latents_flipped: Tensor
+    class_data: dict[str, Tensor] | None = None    # 'latents', 'latents_flipped' of the base model's class images
+    reg_prompts: list[str] | None = None           # C_reg (DC only)
+    replay: Tensor | None = None                   # Z_reg = 'replay': latents the base model sampled from the prompts
+    replay_prompt_idx: Tensor | None = None        # the prompt each replay latent was sampled with
+
+    @property
+    def device(self) -> torch.device: return self.instance_latents.device
+
+    def batch_latents(self, step: int, g: torch.Generator) -> Tensor:
+        "Clean latents of step `step`'s main batch: train_batch_size random instance latents (flipped at random with hflip), then as many class latents in turn with prior preservation."
+        c, bs = self.config, self.config.train_batch_size
+        idx = torch.randint(len(self.instance_latents), (bs,), generator=g)
+        flip = (torch.rand(bs, generator=g) < 0.5) if c.hflip else torch.zeros(bs, dtype=torch.bool)
+        fl, ii = flip.to(self.device)[:, None, None, None], idx.to(self.device)
+        z0 = torch.where(fl, self.instance_latents_flipped[ii], self.instance_latents[ii])
+        if c.uses_prior:
+            n = len(self.class_data['latents'])
+            ci = ((step * bs + torch.arange(bs)) % n).to(self.device)
+            z0 = torch.cat([z0, torch.where(fl, self.class_data['latents_flipped'][ci], self.class_data['latents'][ci])])
+        return z0
+
+    def regularization_batch(self, z0: Tensor, step: int, g: torch.Generator, scheduler) -> tuple[Tensor, Tensor, Tensor]:
+        "(z_t, t, prompt index) of DC's r regularization samples of step `step` (00_method §3), drawn from `g`."
+        c = self.config
+        r, shape = c.dc_n_reg, tuple(z0.shape[1:])
+        pair = None
+        if c.dc_latents == 'batch': clean = z0
+        elif c.dc_latents == 'prior':
+            n = len(self.class_data['latents'])
+            clean = self.class_data['latents'][(step * r + torch.arange(r)) % n]
+        elif c.dc_latents == 'replay':
+            i = torch.randint(len(self.replay), (r,), generator=g)
+            clean = self.replay[i.to(self.device)]
+            if c.dc_prompts == 'generic': pair = self.replay_prompt_idx[i]   # the prompt each replay latent was sampled with
+        else: clean = None
+        zt, t = noised_regularization_latents(scheduler, clean, r, g, shape, pure_noise=c.dc_latents == 'noise')
+        idx = pair if pair is not None else torch.randint(len(self.reg_prompts), (r,), generator=g)
+        return zt.to(self.device), t.to(self.device), idx
+
+    def pool_samples(self, scheduler) -> tuple[Tensor, Tensor, Tensor]:
+        "(z_t, t, prompt index) of `dc_teacher_pool` samples drawn exactly as live DC draws them, step after step, from a generator of their own [ours]."
+        c = self.config
+        g = torch_generator(c.seed + 7919)
+        zs, ts, ids = [], [], []
+        for k in range(math.ceil(c.dc_teacher_pool / c.dc_n_reg)):
+            z0 = self.batch_latents(k, g) if c.dc_latents == 'batch' else self.instance_latents[:1]
+            zt, t, idx = self.regularization_batch(z0, k, g, scheduler)
+            zs.append(zt); ts.append(t); ids.append(idx)
+        n = c.dc_teacher_pool
+        return torch.cat(zs)[:n], torch.cat(ts)[:n], torch.cat(ids)[:n]
+
+    def reg_latents_digest(self) -> str:
+        "SHA-256 of the latents DC's Z_reg draws from (its content keys the teacher pool) [ours]."
+        c = self.config
+        src = {'batch': lambda: [self.instance_latents, self.instance_latents_flipped] + (
+                   [self.class_data['latents'], self.class_data['latents_flipped']] if c.uses_prior else []),
+               'prior': lambda: [self.class_data['latents']], 'noise': lambda: [],
+               'replay': lambda: [self.replay, self.replay_prompt_idx]}[c.dc_latents]()
+        h = hashlib.sha256()
+        for x in src: h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+def training_data(base: Components, concept: ConceptSpec, config: TrainConfig, class_prompt: str, resolution: int,
+                  device: torch.device, fingerprint: str | None = None, accelerator=None) -> TrainingData:
+    "A run's `TrainingData`: instance latents, class images when needed, DC's C_reg and replay set, at `resolution` (one process fills each cache, the others read it)."
+    c, fingerprint = config, fingerprint or base.fingerprint()
+    first = accelerator.main_process_first if accelerator is not None else contextlib.nullcontext
+    images = load_instance_images(instance_image_files(concept.instance_dir), resolution)
+    data = TrainingData(c, encode_images(base, images).float().to(device), encode_images(base, images.flip(-1)).float().to(device))
+    if c.needs_class_images:
+        with first():
+            d = class_images(base, class_prompt, c.num_class_images, c.class_seed, c.class_sampling_steps, c.class_guidance_scale,
+                             fingerprint, progress=c.progress, resolution=resolution)
+        data.class_data = {k: d[k].to(device) for k in ('latents', 'latents_flipped')}
+    if not c.uses_dc: return data
+    pool = load_generic_prompts(c.dc_prompt_file) if c.dc_prompts == 'generic' else None
+    data.reg_prompts = regularization_prompts(c.dc_prompts, class_prompt, pool)
+    if c.dc_latents == 'replay':
+        with first():
+            replay, data.replay_prompt_idx = replay_latents(base, pool or data.reg_prompts, c.dc_replay_images, c.class_seed,
+                                                            c.class_sampling_steps, c.class_guidance_scale, fingerprint,
+                                                            resolution=resolution)
+        data.replay = replay.to(device)
+    return data
+
+# %% ../nbs/05_train.ipynb #505ca139
+def make_optimizer(method: CustomizationMethod, params: dict[str, nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    "AdamW (or bitsandbytes' 8-bit AdamW, `use_8bit_adam`) over the trainable parameters only, in the method's parameter groups."
+    c = config
+    groups = method.optimizer_param_groups(params)
+    kw = dict(lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2), weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
+    if not c.use_8bit_adam: return torch.optim.AdamW(groups, **kw)
+    try: import bitsandbytes as bnb
+    except ImportError as e:
+        raise ImportError("use_8bit_adam=True needs bitsandbytes (`pip install bitsandbytes`, CUDA only); "
+                          "or set use_8bit_adam=False.") from e
+    return bnb.optim.AdamW8bit(groups, **kw)
+
+# %% ../nbs/05_train.ipynb #612583f6
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    "Complete checkpoints `run_dir/checkpoints/step_NNNNNN`, oldest first (not one still being written, nor one set aside)."
+    d = Path(run_dir) / 'checkpoints'
+    if not d.exists(): return []
+    return sorted(p for p in d.glob('step_*') if re.fullmatch(r'step_\d+', p.name) and (p / 'state.json').exists())
+
+def checkpoint_intact(path: Path) -> bool:
+    "Do a checkpoint's files match the SHA-256 sums its state.json recorded? A damaged checkpoint is set aside with a warning naming it."
+    try: sums = load_json(path / 'state.json')['sha256']
+    except (ValueError, KeyError, UnicodeDecodeError): sums = None
+    ok = sums is not None and all((path / n).is_file() and file_sha256(path / n) == h for n, h in sums.items())
+    if not ok: quarantine(path, 'a file of it is missing, truncated or altered (SHA-256 mismatch)')
+    return ok
+
+def resume_point(run_dir: str | Path) -> Path | None:
+    "The newest intact checkpoint of `run_dir` (damaged newer ones are set aside), or None: where a run resumes."
+    for p in reversed(checkpoint_dirs(run_dir)):
+        if checkpoint_intact(p): return p
+    return None
+
+def write_checkpoint(folder: Path, state: dict[str, Tensor], optimizer_state: dict, meta: dict, keep: int = 1) -> Path:
+    "Complete the checkpoint being written in `folder` (`.../step_N.tmp`, which may already hold the processes' random states): parameters, optimizer, state.json (`meta` and every file's SHA-256); renamed to `step_N` at once, the newest `keep` kept."
+    final = folder.with_name(folder.name.removesuffix('.tmp'))
+    run_dir = final.parent.parent
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        shutil.rmtree(folder, ignore_errors=True)
+        last = checkpoint_dirs(run_dir)
+        raise NonFiniteLossError(f"Trainable parameters are not finite at step {meta.get('step')}; not checkpointing. "
+                                 f"Last good checkpoint: {last[-1] if last else None}.")
+    save_file({k: v.cpu() for k, v in state.items()}, folder / 'trainable.safetensors')
+    torch.save(dict(optimizer=optimizer_state), folder / 'optimizer.pt')
+    sums = {p.name: file_sha256(p) for p in sorted(folder.iterdir())}     # parameters, optimizer, every process's RNG
+    atomic_save_json({**meta, 'sha256': sums}, folder / 'state.json')
+    shutil.rmtree(final, ignore_errors=True); folder.rename(final)
+    for old in checkpoint_dirs(run_dir)[:-max(1, keep)]: shutil.rmtree(old)
+    return final
+
+def read_checkpoint(path: str | Path, identity_key: str) -> tuple[dict[str, Tensor], dict, dict]:
+    "(trained parameters, optimizer state, state.json) of a checkpoint; ValueError when another run (other identity key) wrote it."
+    path = Path(path); meta = load_json(path / 'state.json')
+    if meta.get('identity_key') != identity_key:
+        raise ValueError(f"Checkpoint {path} was written by a different run (other settings, concept images or base model); "
+                         "use another out_dir or delete its checkpoints folder.")
+    return (load_file(path / 'trainable.safetensors'), torch.load(path / 'optimizer.pt', weights_only=True)['optimizer'], meta)
+
 # %% ../nbs/05_train.ipynb #4b29944b
 class Trainer:
     "One customization run of `concept` on a copy of `base` with `config`; `run()` trains and saves, `train_step()` does one step."
@@ -770,113 +963,52 @@ class Trainer:
         self.identity_key = stable_hash(self.identity)
         self._setup()
 
-    # ---- setup: everything that happens once per run
+    # ---- setup: everything that happens once per run, each part a function of its own above
     def _setup(self):
         c = self.config
         self.accelerator = acc = _make_accelerator(c, get_device(c.device))
-        self.device = acc.device
+        self.device, self.rank = acc.device, acc.process_index
         if self.base.unet.device.type != self.device.type:
             warnings.warn(f"The base model is on {self.base.unet.device} but training runs on {self.device}: instance/class latents "
                           f"and class images are computed on {self.base.unet.device} (slow for SD). Move it first: base.to('{self.device.type}').")
         self.weight_dtype = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[acc.mixed_precision]
-        self.rank = acc.process_index
         self.resolution = c.resolution or self.base.resolution
         torch.manual_seed(c.seed)
-        self.generator = torch_generator(c.seed + acc.process_index)   # each GPU draws its own data and noise
+        self.generator = torch_generator(c.seed + self.rank)   # each process draws its own data and noise
         random.seed(c.seed); np.random.seed(c.seed)
         self._setup_student()
-        self._setup_data()
+        self.data = training_data(self.base, self.concept, c, self.class_prompt, self.resolution, self.device,
+                                  self.base_fingerprint, acc)
         self._setup_prompts()
         self._setup_teacher()
-        self._setup_optimizer()
+        self.optimizer = make_optimizer(self.method, self.params, c)
+        self.unet = acc.prepare(self.student.unet)            # accelerate: autocast for mixed precision, DDP on several processes
+        self.text_encoder = acc.prepare(self.student.text_encoder) if self.trains_te else self.student.text_encoder
+        self.optimizer = acc.prepare(self.optimizer)
 
     def _setup_student(self):
-        "The student (`build_student`: the caller's base model is never modified), moved to the device: trained parameters fp32, frozen ones in the training dtype; then the memory plan (printed)."
-        c, base = self.config, self.base
-        self.student = build_student(base, self.method, self.concept, c.seed, share_frozen=c.share_frozen_weights)
+        "The student (`build_student`) on the device (`place_student`), its trained parameters, and the memory plan (printed)."
+        c = self.config
+        self.student = build_student(self.base, self.method, self.concept, c.seed, share_frozen=c.share_frozen_weights)
         self.params = self.method.trainable_parameters(self.student)
         if not self.params: raise ValueError(f"Method {c.method!r} left no trainable parameters.")
-        for m in (self.student.unet, self.student.text_encoder):
-            if m is base.text_encoder: continue                  # shared with the caller, frozen: left as it is
-            m.to(self.device)
-            for p in m.parameters(): p.data = p.data.to(dtype=torch.float32 if p.requires_grad else self.weight_dtype)
-        self.student.unet.train()
+        place_student(self.student, self.base, self.device, self.weight_dtype)
         self.trains_te = any(k.startswith('text_encoder.') for k in self.params)
-        self.memory = self._memory_plan()
+        self.memory, self._teacher_dtype = memory_plan(c, self.base, self.student, self.params, self.resolution,
+                                                       self.device, self.weight_dtype)
         if self.memory['gradient_checkpointing']:
             self.student.unet.enable_gradient_checkpointing()
             if self.trains_te: self.student.text_encoder.gradient_checkpointing_enable()
         if self.accelerator.is_main_process: print(self.memory['summary'], flush=True)
 
-    def _memory_plan(self) -> dict:
-        "Gradient checkpointing (`needs_gradient_checkpointing` unless set), shared frozen weights, DC's teacher (`teacher_copy_dtype`), and a one-line summary."
-        c, base, unet = self.config, self.base, self.student.unet
-        n_unet = sum(p.numel() for p in unet.parameters())
-        n_trained = sum(p.numel() for p in self.params.values())
-        shared = {p.data_ptr() for p in base.unet.parameters()}
-        n_shared = sum(p.numel() for p in unet.parameters() if p.data_ptr() in shared)
-        n_frozen = sum(p.numel() for p in unet.parameters() if not p.requires_grad)
-        latent, res = self.resolution // base.vae_downsample, self.resolution
-        batch = c.train_batch_size * (2 if c.uses_prior else 1) + (c.dc_n_reg if c.uses_dc else 0)
-        free = free_memory(self.device)
-        gc = c.gradient_checkpointing
-        if gc is None:
-            gc = needs_gradient_checkpointing(n_unet, n_trained, latent, batch, free)
-            need = step_memory_estimate(n_unet, n_trained, latent, batch)
-            why = f'automatic: ~{_gib(need)} needed without it, {_gib(free)} free'
-        else: why = 'gradient_checkpointing set'
-        parts = [f"gradient checkpointing {'on' if gc else 'off'} ({n_unet / 1e6:.0f} M UNet params, {res} px, batch {batch}; {why})",
-                 f"trained {n_trained / 1e6:.1f} M params fp32",
-                 f"frozen UNet weights {'shared with the base' if n_shared else 'copied'} ({n_frozen / 1e6:.0f} M)" if n_frozen
-                 else 'no frozen UNet weights']
-        teacher = None
-        if c.uses_dc:
-            bu = base.unet
-            teacher = teacher_copy_dtype(bu.device == self.device and not bu.training, bu.dtype, c.frozen_dtype, self.weight_dtype)
-            what = f"the caller's UNet ({str(bu.dtype)[6:]}, no copy)" if teacher is None else f"a {str(teacher)[6:]} copy"
-            parts.append(f"DC teacher {what}{', for the cached pool only' if c.dc_teacher_pool else ''}")
-        self._teacher_dtype = teacher
-        return dict(gradient_checkpointing=gc, n_unet_params=n_unet, n_trained_params=n_trained, n_shared_params=n_shared,
-                    free_bytes=free, teacher_dtype=None if teacher is None else str(teacher),
-                    summary='memory: ' + ', '.join(parts))
-
-    def _setup_data(self):
-        "Instance latents (and flipped), class-image latents and the replay set, all at the training resolution, encoded once."
-        c, base, acc = self.config, self.base, self.accelerator
-        images = load_instance_images(instance_image_files(self.concept.instance_dir), self.resolution)
-        self.instance_latents = encode_images(base, images).float().to(self.device)
-        self.instance_latents_flipped = encode_images(base, images.flip(-1)).float().to(self.device)
-        self.class_data = None
-        if c.needs_class_images:
-            with acc.main_process_first():              # one process fills the cache, the others read it
-                d = class_images(base, self.class_prompt, c.num_class_images, c.class_seed, c.class_sampling_steps,
-                                 c.class_guidance_scale, self.base_fingerprint, progress=c.progress, resolution=self.resolution)
-            self.class_data = {k: d[k].to(self.device) for k in ('latents', 'latents_flipped')}
-
     def _setup_prompts(self):
-        "Prompts encoded once with the frozen encoder (the student's own encoding only where its text encoder trains); DC's prompt set and replay set."
-        c, base = self.config, self.base
+        "Prompts encoded once with the frozen encoder (the student's own encoding only where its text encoder trains): instance, class, C_reg."
         self.text_mode = self.method.text_training()
         # (.clone() turns inference-mode tensors into ordinary ones that autograd may save)
         self.instance_embeds = encode_prompts(self.student, [self.instance_prompt]).to(self.device).clone()
-        self.class_embeds = encode_prompts(base, [self.class_prompt]).to(self.device).clone()
-        if not c.uses_dc: return
-        pool = load_generic_prompts(c.dc_prompt_file) if c.dc_prompts == 'generic' else None
-        self.reg_prompts = regularization_prompts(c.dc_prompts, self.class_prompt, pool)
-        self.reg_embeds = encode_prompts(base, self.reg_prompts).to(self.device).clone()   # τ_θ0(c), cached for the run
-        if c.dc_latents == 'replay':
-            with self.accelerator.main_process_first():
-                self.replay, self.replay_prompt_idx = replay_latents(
-                    base, pool or self.reg_prompts, c.dc_replay_images, c.class_seed, c.class_sampling_steps,
-                    c.class_guidance_scale, self.base_fingerprint, resolution=self.resolution)
-            self.replay = self.replay.to(self.device)
-
-    def _frozen_base_unet(self) -> nn.Module:
-        "θ0 on the training device: the caller's UNet itself (read only, never modified), or a copy in the planned dtype (`teacher_copy_dtype`)."
-        bu = self.base.unet
-        if self._teacher_dtype is None: return bu
-        # a weight-sharing copy converted by `.to`: no transient fp32 duplicate of the UNet on the host
-        return _copy_sharing_weights(bu).to(self.device, self._teacher_dtype).eval().requires_grad_(False)
+        self.class_embeds = encode_prompts(self.base, [self.class_prompt]).to(self.device).clone()
+        if self.config.uses_dc:                                # τ_θ0(c) of C_reg, cached for the run
+            self.reg_embeds = encode_prompts(self.base, self.data.reg_prompts).to(self.device).clone()
 
     def _setup_teacher(self):
         "DC's frozen teacher θ0: kept for a live teacher; with `dc_teacher_pool` only its cached predictions on a fixed pool are kept."
@@ -887,56 +1019,24 @@ class Trainer:
             with self.accelerator.main_process_first(): self.pool = self._teacher_pool()
         else: self.teacher = self._frozen_base_unet()
 
-    def _setup_optimizer(self):
-        "AdamW (or 8-bit AdamW) over the trainable parameters only; accelerate wraps the student and the optimizer."
-        c, acc = self.config, self.accelerator
-        params = self.method.optimizer_param_groups(self.params)
-        opt_kw = dict(lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2), weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
-        if c.use_8bit_adam:
-            try: import bitsandbytes as bnb
-            except ImportError as e:
-                raise ImportError("use_8bit_adam=True needs bitsandbytes (`pip install bitsandbytes`, CUDA only); "
-                                  "or set use_8bit_adam=False.") from e
-            self.optimizer = bnb.optim.AdamW8bit(params, **opt_kw)
-        else: self.optimizer = torch.optim.AdamW(params, **opt_kw)
-        # accelerate: autocast for mixed precision, DDP on several GPUs
-        self.unet = acc.prepare(self.student.unet)
-        self.text_encoder = acc.prepare(self.student.text_encoder) if self.trains_te else self.student.text_encoder
-        self.optimizer = acc.prepare(self.optimizer)
-
-    # ---- DC's teacher cache [ours]
-    def _pool_recipe(self) -> dict:
-        "What determines the teacher pool: base model, teacher dtype, C_reg, the Z_reg source and its latents' content, r, pool size, seed."
-        c = self.config
-        src = {'batch': lambda: [self.instance_latents, self.instance_latents_flipped] + (
-                   [self.class_data['latents'], self.class_data['latents_flipped']] if c.uses_prior else []),
-               'prior': lambda: [self.class_data['latents']], 'noise': lambda: [],
-               'replay': lambda: [self.replay, self.replay_prompt_idx]}[c.dc_latents]()
-        h = hashlib.sha256()
-        for x in src: h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
-        return dict(base=self.base_fingerprint, dtype=str(self._teacher_dtype or self.base.unet.dtype), prompts=self.reg_prompts, source=c.dc_latents,
-                    latents=h.hexdigest(), shape=list(self.instance_latents.shape[1:]), r=c.dc_n_reg, n=c.dc_teacher_pool,
-                    seed=c.seed, batch=[c.train_batch_size, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
-
-    def _draw_pool_samples(self) -> tuple[Tensor, Tensor, Tensor]:
-        "(z_t, t, prompt index) of `dc_teacher_pool` samples drawn exactly as live DC draws them, step after step, from a generator of their own."
-        c = self.config
-        g = torch_generator(c.seed + 7919)
-        zs, ts, ids = [], [], []
-        for k in range(math.ceil(c.dc_teacher_pool / c.dc_n_reg)):
-            z0 = self._batch_latents(k, g) if c.dc_latents == 'batch' else self.instance_latents[:1]
-            zt, t, idx = self._regularization_batch(z0, k, g)
-            zs.append(zt); ts.append(t); ids.append(idx)
-        n = c.dc_teacher_pool
-        return torch.cat(zs)[:n], torch.cat(ts)[:n], torch.cat(ids)[:n]
+    def _frozen_base_unet(self) -> nn.Module:
+        "θ0 on the training device: the caller's UNet itself (read only, never modified), or a copy in the planned dtype (`teacher_copy_dtype`)."
+        bu = self.base.unet
+        if self._teacher_dtype is None: return bu
+        # a weight-sharing copy converted by `.to`: no transient fp32 duplicate of the UNet on the host
+        return _copy_sharing_weights(bu).to(self.device, self._teacher_dtype).eval().requires_grad_(False)
 
     def _teacher_pool(self) -> TeacherPool:
-        "The cached teacher pool: read (verified) from the cache keyed by `_pool_recipe`, else drawn, run through θ0 once and stored."
-        recipe = self._pool_recipe()
+        "DC's teacher cache [ours]: read (verified) from the cache keyed by its recipe, else drawn (`TrainingData.pool_samples`), run through θ0 once and stored."
+        c, d = self.config, self.data
+        recipe = dict(base=self.base_fingerprint, dtype=str(self._teacher_dtype or self.base.unet.dtype), prompts=d.reg_prompts,
+                      source=c.dc_latents, latents=d.reg_latents_digest(), shape=list(d.instance_latents.shape[1:]),
+                      r=c.dc_n_reg, n=c.dc_teacher_pool, seed=c.seed,
+                      batch=[c.train_batch_size, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
         path = cache_dir('dc_teacher') / f'{stable_hash(recipe)}.safetensors'; meta_path = path.with_suffix('.json')
         data = _read_verified(path, _read_meta(meta_path).get('sha256'))
         if data is None:
-            zt, t, idx = self._draw_pool_samples()
+            zt, t, idx = d.pool_samples(self.base.scheduler)
             pool = teacher_pool(self._frozen_base_unet(), zt.to(self.device), t.to(self.device), idx, self.reg_embeds)
             check_finite(pool.target, f'teacher UNet (base model {self.base.source})', 'the DC teacher pool')
             data = pool.tensors()
@@ -949,44 +1049,14 @@ class Trainer:
         ids = tokenize(self.student.tokenizer, prompts).to(self.device)
         return self.text_encoder(ids)[0]
 
-    def _batch_latents(self, step: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        "Clean latents of step `step`'s main batch: train_batch_size random instance latents (flipped at random with hflip), then as many class latents in turn with prior preservation."
-        c, bs = self.config, self.config.train_batch_size
-        idx = torch.randint(len(self.instance_latents), (bs,), generator=g)
-        flip = (torch.rand(bs, generator=g) < 0.5) if c.hflip else torch.zeros(bs, dtype=torch.bool)
-        fl, ii = flip.to(self.device)[:, None, None, None], idx.to(self.device)
-        z0 = torch.where(fl, self.instance_latents_flipped[ii], self.instance_latents[ii])
-        if c.uses_prior:
-            n = len(self.class_data['latents'])
-            ci = ((step * bs + torch.arange(bs)) % n).to(self.device)
-            z0 = torch.cat([z0, torch.where(fl, self.class_data['latents_flipped'][ci], self.class_data['latents'][ci])])
-        return z0
-
-    def _regularization_batch(self, z0: Tensor, step: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        "(z_t, t, prompt index) of DC's r regularization samples of step `step` (00_method §3), drawn from `g`."
-        c = self.config
-        r, shape = c.dc_n_reg, tuple(z0.shape[1:])
-        pair = None
-        if c.dc_latents == 'batch': clean = z0
-        elif c.dc_latents == 'prior':
-            n = len(self.class_data['latents'])
-            clean = self.class_data['latents'][(step * r + torch.arange(r)) % n]
-        elif c.dc_latents == 'replay':
-            i = torch.randint(len(self.replay), (r,), generator=g)
-            clean = self.replay[i.to(self.device)]
-            if c.dc_prompts == 'generic': pair = self.replay_prompt_idx[i]   # the prompt each replay latent was sampled with
-        else: clean = None
-        zt, t = noised_regularization_latents(self.base.scheduler, clean, r, g, shape, pure_noise=c.dc_latents == 'noise')
-        idx = pair if pair is not None else torch.randint(len(self.reg_prompts), (r,), generator=g)
-        return zt.to(self.device), t.to(self.device), idx
-
     def _dc_samples(self, z0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         "DC's (z_t, t, student embeddings, teacher prediction) for this step: drawn from the teacher pool, or fresh with a live teacher."
         if self.pool is not None: zr, tr, idx, target = self.pool.draw(self.config.dc_n_reg, self.generator)
         else:
-            zr, tr, idx = self._regularization_batch(z0, self.step, self.generator)
+            zr, tr, idx = self.data.regularization_batch(z0, self.step, self.generator, self.base.scheduler)
             target = self._finite(teacher_prediction(self.teacher, zr, tr, self.reg_embeds[idx.to(self.device)]), 'teacher UNet')
-        sr = self._embed([self.reg_prompts[i] for i in idx.tolist()]) if self.text_mode == 'all' else self.reg_embeds[idx.to(self.device)]
+        prompts = [self.data.reg_prompts[i] for i in idx.tolist()]
+        sr = self._embed(prompts) if self.text_mode == 'all' else self.reg_embeds[idx.to(self.device)]
         return zr, tr, sr, target
 
     def _finite(self, x: Tensor, model: str) -> Tensor:
@@ -997,43 +1067,35 @@ class Trainer:
             raise NonFiniteLossError(f"{e} Training stopped before the update; last good checkpoint: "
                                      f"{self.latest_checkpoint() or 'none'}.") from None
 
-    def train_step(self) -> dict[str, float]:
-        "One optimization step; returns the loss terms. Raises `NonFiniteLossError` before touching the weights if a UNet output or the loss is NaN/inf."
+    def _forward(self) -> dict[str, Tensor]:
+        "Draw this step's batch (main, then DC's samples) and run the student once; the named loss terms (`losses.loss_terms`)."
         c, g, sched = self.config, self.generator, self.base.scheduler
-        bs, T = c.train_batch_size, sched.config.num_train_timesteps
-        z0 = self._batch_latents(self.step, g)
+        bs = c.train_batch_size
+        z0 = self.data.batch_latents(self.step, g)
         emb = self._embed([self.instance_prompt]) if self.text_mode != 'none' else self.instance_embeds
         embs = [emb.expand(bs, -1, -1)]
-        if c.uses_prior:
-            cemb = self._embed([self.class_prompt]) if self.text_mode == 'all' else self.class_embeds
-            embs.append(cemb.expand(bs, -1, -1))
-        b = len(z0)
+        if c.uses_prior: embs.append((self._embed([self.class_prompt]) if self.text_mode == 'all' else self.class_embeds).expand(bs, -1, -1))
         noise = torch.randn(z0.shape, generator=g).to(self.device)
-        t = torch.randint(0, T, (b,), generator=g).to(self.device)
-        zt = sched.add_noise(z0, noise, t)
-        target = training_target(sched, z0, noise, t)
-        fused = c.uses_dc and c.dc_fused
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=g).to(self.device)
+        zt, target, dc_target = sched.add_noise(z0, noise, t), training_target(sched, z0, noise, t), None
+        fused, t_all = c.uses_dc and c.dc_fused, t
         if c.uses_dc: zr, tr, sr, dc_target = self._dc_samples(z0)
         if fused: zt, t_all, embs = torch.cat([zt, zr]), torch.cat([t, tr]), embs + [sr]
-        else: t_all = t
         pred = self.unet(zt, t_all, encoder_hidden_states=torch.cat(embs)).sample
         if c.uses_dc and not fused: pred = torch.cat([pred, self.unet(zr, tr, encoder_hidden_states=sr).sample])
         pred = self._finite(pred, 'student UNet')
-        terms = {'inst': denoising_loss(pred[:bs], target[:bs], t[:bs], sched, c.snr_gamma)}
-        loss = terms['inst']
-        if c.uses_prior:
-            terms['prior'] = prior_preservation_loss(pred[bs:b], target[bs:b], t[bs:b], sched, c.snr_gamma)
-            loss = loss + c.lambda_pr * terms['prior']
-        if c.uses_dc:
-            terms['dc'] = drift_correction_loss(None, None, zr, tr, sr, student_pred=pred[b:], teacher_pred=dc_target)
-            loss = loss + c.lambda_dc * terms['dc']
-        for k, v in self.method.extra_loss_terms(self).items():
-            terms[k] = v; loss = loss + v
+        return loss_terms(pred, target, t, sched, bs, len(z0) - bs, dc_target, c.snr_gamma)
+
+    def train_step(self) -> dict[str, float]:
+        "One optimization step; returns the loss terms. Raises `NonFiniteLossError` before touching the weights if a UNet output or the loss is NaN/inf."
+        c = self.config
+        terms = self._forward()
+        terms.update(self.method.extra_loss_terms(self))
+        loss = total_loss(terms, {'prior': c.lambda_pr, 'dc': c.lambda_dc})
         if not torch.isfinite(loss):
             vals = ', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())
-            last = self.latest_checkpoint()
             raise NonFiniteLossError(f"Loss became {loss.item()} at step {self.step + 1} ({vals}); training stopped before "
-                                     f"the update. Last good checkpoint: {last or 'none (checkpoint_every=0)'}. "
+                                     f"the update. Last good checkpoint: {self.latest_checkpoint() or 'none (checkpoint_every=0)'}. "
                                      "Lower learning_rate, use bf16 instead of fp16, or enable max_grad_norm.")
         warm = min(1.0, (self.step + 1) / c.lr_warmup_steps) if c.lr_warmup_steps else 1.0
         for grp in self.optimizer.param_groups: grp['lr'] = c.learning_rate * warm * grp.get('lr_scale', 1.0)
@@ -1045,66 +1107,32 @@ class Trainer:
         self.history.append(out)
         return out
 
-    # ---- checkpoints
-    def checkpoint_dirs(self) -> list[Path]:
-        "Complete checkpoints `checkpoints/step_NNNNNN`, oldest first (not one still being written, nor one set aside)."
-        d = self.run_dir / 'checkpoints'
-        if not d.exists(): return []
-        return sorted(p for p in d.glob('step_*') if re.fullmatch(r'step_\d+', p.name) and (p / 'state.json').exists())
-
-    def _checkpoint_intact(self, path: Path) -> bool:
-        "Do a checkpoint's files match the SHA-256 sums its state.json recorded? A damaged checkpoint is set aside with a warning naming it."
-        try: sums = load_json(path / 'state.json')['sha256']
-        except (ValueError, KeyError, UnicodeDecodeError): sums = None
-        ok = sums is not None and all((path / n).is_file() and file_sha256(path / n) == h for n, h in sums.items())
-        if not ok: quarantine(path, 'a file of it is missing, truncated or altered (SHA-256 mismatch)')
-        return ok
-
-    def resume_point(self) -> Path | None:
-        "The newest intact checkpoint (damaged newer ones are set aside), or None: where `run` resumes."
-        for p in reversed(self.checkpoint_dirs()):
-            if self._checkpoint_intact(p): return p
-        return None
+    # ---- checkpoints (the functions above; every process calls these)
+    def resume_point(self) -> Path | None: return resume_point(self.run_dir)
 
     def latest_checkpoint(self) -> Path | None:
-        dirs = self.checkpoint_dirs(); return dirs[-1] if dirs else None
+        dirs = checkpoint_dirs(self.run_dir); return dirs[-1] if dirs else None
 
     def save_checkpoint(self) -> Path:
         "Save trainable parameters, optimizer, history and every process's own RNG state (atomically: a checkpoint is complete or absent). Call it on every process."
         acc = self.accelerator
-        final = self.run_dir / 'checkpoints' / f'step_{self.step:06d}'
-        tmp = final.with_name(final.name + '.tmp')
+        tmp = self.run_dir / 'checkpoints' / f'step_{self.step:06d}.tmp'
         if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         save_rank_rng(tmp, self.rank, self.generator)          # each process its own generator (seeded seed + rank)
         acc.wait_for_everyone()
-        if acc.is_main_process: self._write_checkpoint(tmp, final)
+        if acc.is_main_process:
+            meta = dict(step=self.step, identity_key=self.identity_key, history=self.history, n_processes=acc.num_processes)
+            write_checkpoint(tmp, self.method.trained_state(self.student), self.optimizer.state_dict(), meta,
+                             self.config.keep_checkpoints)
         acc.wait_for_everyone()
-        return final
-
-    def _write_checkpoint(self, tmp: Path, final: Path) -> None:
-        "The main process's part of a checkpoint: parameters, optimizer, state.json; then the atomic rename and pruning."
-        state = self.method.trained_state(self.student)
-        if not all(torch.isfinite(v).all() for v in state.values()):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise NonFiniteLossError(f"Trainable parameters are not finite at step {self.step}; not checkpointing. "
-                                     f"Last good checkpoint: {self.latest_checkpoint()}.")
-        save_file({k: v.cpu() for k, v in state.items()}, tmp / 'trainable.safetensors')
-        torch.save(dict(optimizer=self.optimizer.state_dict()), tmp / 'optimizer.pt')
-        sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}     # parameters, optimizer, every process's RNG
-        atomic_save_json(dict(step=self.step, identity_key=self.identity_key, history=self.history, sha256=sums,
-                              n_processes=self.accelerator.num_processes), tmp / 'state.json')
-        shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
-        for old in self.checkpoint_dirs()[:-max(1, self.config.keep_checkpoints)]: shutil.rmtree(old)
+        return tmp.with_name(tmp.name.removesuffix('.tmp'))
 
     def load_checkpoint(self, path: str | Path) -> None:
         "Restore the state saved by `save_checkpoint`, each process its own random state (the run continues exactly where it stopped)."
-        path = Path(path); meta = load_json(path / 'state.json')
-        if meta.get('identity_key') != self.identity_key:
-            raise ValueError(f"Checkpoint {path} was written by a different run (other settings, concept images or base model); "
-                             "use another out_dir or delete its checkpoints folder.")
-        self.method.load_trained(self.student, load_file(path / 'trainable.safetensors'))
-        self.optimizer.load_state_dict(torch.load(path / 'optimizer.pt', weights_only=True)['optimizer'])
+        state, optimizer_state, meta = read_checkpoint(path, self.identity_key)
+        self.method.load_trained(self.student, state)
+        self.optimizer.load_state_dict(optimizer_state)
         self.step, self.history = meta['step'], meta['history']
         if not load_rank_rng(path, self.rank, self.generator):
             warnings.warn(f"Checkpoint {path} holds no random state for process {self.rank} (it was written by "

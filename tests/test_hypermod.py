@@ -1,7 +1,6 @@
 """HyperMod (open_forgetting.hypermod): exact identity start, self-initialization, frozen base weights, save/load, detach."""
 import copy
 import json
-import types
 
 import pytest
 import torch
@@ -219,7 +218,9 @@ def test_modulation_is_computed_outside_autocast(comps):
 
 
 def test_hypermod_settings_from_train_config():
-    cfg = types.SimpleNamespace(seed=7, progress=False, hypermod_rank=3, hypermod_target_modules=['to_q'], self_init_steps=11)
+    train = pytest.importorskip('open_forgetting.train')
+    cfg = train.TrainConfig(method='hypermod', seed=7, progress=False,
+                            method_settings={'hypermod': {'rank': 3, 'target_modules': ['to_q']}, 'self_init': {'steps': 11}})
     hm_cfg, si_cfg = hypermod_settings(cfg, HyperModConfig(hidden_dim=5))
     assert (hm_cfg.rank, hm_cfg.hidden_dim, hm_cfg.target_modules, hm_cfg.seed) == (3, 5, ('to_q',), 7)
     assert (si_cfg.steps, si_cfg.seed, si_cfg.progress) == (11, 7, False)

@@ -100,7 +100,7 @@ def test_dc_sources(small, concept, prompt_file, tmp_path, latents, prompts):
                                      dc_replay_images=3), tmp_path)
     out = tr.train_step()
     assert np.isfinite(out['dc']) and 'prior' not in out
-    assert (tr.class_data is not None) == (latents == 'prior')   # dc_pr generates class images only when DC needs them
+    assert (tr.data.class_data is not None) == (latents == 'prior')   # dc_pr generates class images only when DC needs them
     assert len(tr.reg_embeds) == {'generic': 2, 'class': 1, 'empty': 1}[prompts]
 
 def test_prompts_are_encoded_once(small, concept, prompt_file, tmp_path, monkeypatch):
@@ -178,12 +178,12 @@ def test_finished_run_is_reused_and_a_different_one_refused(small, concept, prom
 # ---- guards
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(small, concept, prompt_file, tmp_path, monkeypatch):
     calls = {'n': 0}
-    real = T.denoising_loss
-    def poisoned(*a, **k):
+    real = T.loss_terms
+    def poisoned(*a, **k):                                  # the instance term of step 3 becomes NaN
         calls['n'] += 1
         out = real(*a, **k)
-        return out * float('nan') if calls['n'] == 3 else out
-    monkeypatch.setattr(T, 'denoising_loss', poisoned)
+        return {**out, 'inst': out['inst'] * float('nan')} if calls['n'] == 3 else out
+    monkeypatch.setattr(T, 'loss_terms', poisoned)
     c = cfg('lora', 'dc_pr', prompt_file=prompt_file, max_steps=5, checkpoint_every=1)
     with pytest.raises(NonFiniteLossError, match=r'step 3 .*Last good checkpoint: .*step_000002'):
         customize(small, concept, c, tmp_path)

@@ -69,8 +69,8 @@ def test_training_at_a_resolution_other_than_the_native_one(small, concept, prom
     c = cfg('lora', 'dc', prompt_file, resolution=16, dc_latents=latents, dc_replay_images=2, validation_every=2,
             validation_steps=2)
     tr = Trainer(small, concept, c, tmp_path)
-    assert tr.instance_latents.shape[-1] == 8 and tr.class_data['latents'].shape[-1] == 8
-    if latents == 'replay': assert tr.replay.shape[-1] == 8
+    assert tr.data.instance_latents.shape[-1] == 8 and tr.data.class_data['latents'].shape[-1] == 8
+    if latents == 'replay': assert tr.data.replay.shape[-1] == 8
     tr.run()
     assert Image.open(tmp_path / 'validation' / 'step_000002.png').size == (16, 16)     # one image: no grid padding
 
