@@ -13,7 +13,7 @@ COLUMNS = ['dataset', 'accuracy', 'base_accuracy', 'drop', 'worst_drop', 'worst_
 
 
 @pytest.mark.parametrize('method,fmt', [('dreambooth', 'pipeline'), ('lora', 'lora')])
-def test_audit_of_an_export_equals_the_studys_numbers(tmp_path, method, fmt):
+def test_audit_of_an_export_equals_the_studys_numbers(tmp_path, monkeypatch, method, fmt):
     study = load_study('smoke', {'classification.datasets': {'miniworld:shape': {}}, 'training.methods': [method]})
     run = tmp_path / 'run'
     model = load_study_model(study, run, 'heart_emblem', method, 'plain')
@@ -22,11 +22,15 @@ def test_audit_of_an_export_equals_the_studys_numbers(tmp_path, method, fmt):
     own = semantic_drift(models, study, identity=identity).summary
     own = own[own.model != 'base'][COLUMNS].reset_index(drop=True)
 
-    exported = export_run(ensure_customized(study, run, 'heart_emblem', method, 'plain'), tmp_path / 'export', fmt)
+    trained = ensure_customized(study, run, 'heart_emblem', method, 'plain')
+    fresh = tmp_path / 'fresh_home'            # an empty classifier cache: the audit classifies again instead of reading the study's results
+    monkeypatch.setenv('OPEN_FORGETTING_HOME', str(fresh))
+    exported = export_run(trained, tmp_path / 'export', fmt)
     b, t = load_pair(study, exported)
     audited = audit_tables(study, b, t)['semantic_drift']
     audited = audited[audited.model == TUNED][COLUMNS].reset_index(drop=True)
     assert audited.equals(own), (audited, own)
+    assert len(list((fresh / 'cache' / 'classifier').iterdir())) >= 2         # base and tuned were classified afresh
 
 
 def test_report_with_two_images_a_side_says_there_is_no_kid_interval(tmp_path):

@@ -8,6 +8,7 @@ Slow (opt-in, `OPEN_FORGETTING_SLOW=1`; 45 tests, ~45 notebook runs, 25 min on a
 with each parameter changed, one at a time, and the change must show in what the notebook wrote: the identity columns
 *and* the numbers of the customized model (or the files written, for switches and folders). One baseline run per
 notebook sets `run_dir` and `out_dir` (checked on it); the grid's models are trained once into a shared run folder.
+The audit notebook (outside the grid) audits its demonstration LoRA by default; its checks are at the end.
 A parameter without a check here fails `test_every_parameter_has_a_check`, so a new parameter needs a new check.
 """
 import ast, json, shutil
@@ -67,14 +68,16 @@ VALUES = {'customize': ('fidelity', 'clip_i'), 'color': ('cdi', 'cdi'), 'diversi
           'drift_map': ('drift_map', 'drift'), 'global_drift': ('clip_i', 'clip_i'), 'local_drift': ('clip_i', 'clip_i')}
 IDENTITY = {'drift_map': 'subject'}                   # drift_map's own `concept` column holds the vocabulary's concepts
 SPECIFIC = {'color': ('n_plot_prompts',), 'drift_map': ('vocabulary', 'template', 'n_samples', 'latents', 'top_k'),
-            'global_drift': ('semantic', 'appearance'), 'report': ('run_dir', 'figures_dir')}
+            'global_drift': ('semantic', 'appearance'), 'report': ('run_dir', 'figures_dir'),
+            'audit': ('base', 'tuned', 'study', 'overrides', 'concept', 'instance_prompt', 'vocabulary', 'scale', 'run_dir', 'out_dir')}
+OWN = ('report', 'audit')                             # notebooks outside the study grid: only their own parameters
 OTHER = dict(concept='arrow_emblem', method='lora', variant='plain')
 STUDY_EDIT = {'seeds': {'paired': [0, 3, 4]}, 'appearance': {'n_generic_prompts': 2}, 'classification': {'n_per_class': 1}}
 OVERRIDES = {'seeds.paired': [5, 6, 7], 'appearance.n_generic_prompts': 4, 'classification.n_per_class': 1}   # KID needs >= 2 images a side
 
 
 def _checks(name: str) -> list[str]:
-    return list(SPECIFIC.get(name, ())) if name == 'report' else [*COMMON, *SPECIFIC.get(name, ())]
+    return list(SPECIFIC.get(name, ())) if name in OWN else [*COMMON, *SPECIFIC.get(name, ())]
 
 def test_every_parameter_has_a_check():
     for name in NOTEBOOKS:
@@ -149,7 +152,7 @@ def _seen(name: str, out: Path, edit: dict) -> bool:
     if name in ('color', 'diversity'):
         return _table(out, VALUES[name][0]).prompt.nunique() == edit['appearance.n_generic_prompts']
     if name == 'drift_map': return set(_table(out, 'top_k_manifest').seed) == set(edit['seeds.paired'][:2])
-    if name == 'global_drift':
+    if name in ('global_drift', 'audit'):
         per_class = _table(out, 'classification').groupby(['model', 'dataset', 'label']).size()
         return set(per_class) == {edit['classification.n_per_class']} and \
             _table(out, 'clip_i').prompt.nunique() == edit['appearance.n_generic_prompts']
@@ -171,7 +174,7 @@ def test_overrides_reach_the_results(runs, name):
     assert _seen(name, runs(name, overrides=OVERRIDES), OVERRIDES)
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', [n for n in NOTEBOOKS if n != 'report'])
+@pytest.mark.parametrize('name', [n for n in NOTEBOOKS if n not in OWN])
 def test_run_dir_and_out_dir_are_where_results_go(runs, name):
     out = runs(name)
     assert list(out.glob('*.csv')), f'{name}: nothing written into out_dir'
@@ -225,3 +228,58 @@ def test_report_reads_run_dir_and_writes_figures_dir(runs, tmp_path):
     assert set(table1.dataset) == set(pd.read_csv(gd / 'semantic_drift.csv').dataset)
     assert {p.name for p in figures.glob('*.png')} >= {'figure1_grid.png', 'figure2_clip_i.png'}
     assert not (run / 'figures').exists()             # figures_dir given: nothing in the default place
+
+
+# ------------------------------------------------------------------ the audit notebook (slow, end to end)
+def _tuned(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table.model == 'tuned']
+
+@pytest.mark.slow
+def test_audit_demonstration_trains_into_run_dir_and_reports_into_out_dir(runs):
+    out = runs('audit')
+    assert {'report.html', 'report.md', 'semantic_drift.csv', 'clip_i.csv'} <= {p.name for p in out.iterdir()}
+    cell = RunLayout(runs.shared)
+    assert (cell.model('heart_emblem', 'lora', 'plain') / 'trained.safetensors').is_file()   # the study's first concept
+    assert (cell.experiment('heart_emblem', 'lora', 'plain', 'audit') / 'heart_emblem-lora.safetensors').is_file()
+    assert 'heart_emblem-lora.safetensors against miniworld' in (out / 'report.md').read_text()
+
+@pytest.mark.slow
+def test_audit_tuned_is_the_model_measured(runs):
+    from open_forgetting.study import ensure_customized, load_study
+    other = ensure_customized(load_study('smoke'), runs.shared, 'heart_emblem', 'dreambooth', 'dc')
+    base, out = runs('audit'), runs('audit', tuned=str(other))
+    assert f'Audit of {other} against' in (out / 'report.md').read_text()
+    assert _differs(_tuned(_table(out, 'clip_i')).clip_i.to_numpy(), _tuned(_table(base, 'clip_i')).clip_i.to_numpy())
+
+@pytest.mark.slow
+def test_audit_base_from_a_folder_gives_the_same_numbers(runs, tmp_path):
+    "The embedded base written as a diffusers folder: the report names the folder, every number is the same (same weights)."
+    from open_forgetting.models import save_components
+    from open_forgetting.study import load_base, load_study
+    folder = save_components(load_base(load_study('smoke')), tmp_path / 'base')
+    lora = RunLayout(runs.shared).experiment('heart_emblem', 'lora', 'plain', 'audit') / 'heart_emblem-lora.safetensors'
+    base = runs('audit', tuned=str(lora))
+    out = runs('audit', tuned=str(lora), base=str(folder))
+    assert f'against {folder}' in (out / 'report.md').read_text() and f'against {folder}' not in (base / 'report.md').read_text()
+    for name, col in [('semantic_drift', 'accuracy'), ('clip_i', 'clip_i'), ('cdi', 'cdi')]:
+        assert np.array_equal(_table(out, name)[col].to_numpy(), _table(base, name)[col].to_numpy()), name
+
+@pytest.mark.slow
+def test_audit_scale_zero_is_the_base_model(runs):
+    "A LoRA at scale 0 changes nothing: the tuned model's images are the base's (CDI 0, drop 0); at scale 1 they are not."
+    base, out = runs('audit'), runs('audit', scale=0.0)
+    assert (_tuned(_table(out, 'cdi')).cdi == 0).all() and not (_tuned(_table(base, 'cdi')).cdi == 0).all()
+    assert (_tuned(_table(out, 'semantic_drift'))['drop'] == 0).all()
+
+@pytest.mark.slow
+def test_audit_concept_instance_prompt_and_vocabulary_add_their_tables(runs):
+    base = runs('audit')
+    assert not {'local_clip_i.csv', 'fidelity.csv', 'drift_map.csv'} & {p.name for p in base.iterdir()}
+    out = runs('audit', concept='arrow_emblem')
+    assert len(_table(out, 'local_clip_i')) and not (out / 'fidelity.csv').exists()
+    assert (RunLayout(runs.shared).model('arrow_emblem', 'lora', 'plain') / 'trained.safetensors').is_file()   # the demo's concept
+    prompt = json.loads((RunLayout(runs.shared).model('heart_emblem', 'lora', 'plain') / 'run.json').read_text())['instance_prompt']
+    out = runs('audit', concept='heart_emblem', instance_prompt=prompt)
+    assert len(_table(out, 'fidelity')) and len(_table(out, 'local_clip_i'))
+    out = runs('audit', vocabulary='miniworld:shape')
+    assert set(_table(out, 'drift_map').concept) == set(_table(base, 'per_class').query("dataset == 'miniworld:shape'").classname)
