@@ -33,7 +33,7 @@ __all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT
            'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity',
            'run_identity', 'identity_diff', 'activation_estimate', 'step_memory_estimate',
            'needs_gradient_checkpointing', 'teacher_copy_dtype', 'place_student', 'memory_plan', 'TrainingData',
-           'training_data', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point',
+           'shard_rows', 'training_data', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point',
            'write_checkpoint', 'read_checkpoint', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
@@ -785,7 +785,8 @@ def memory_plan(config: TrainConfig, base: Components, student: Components, para
     teacher = None
     if c.uses_dc:
         bu = base.unet
-        teacher = teacher_copy_dtype(bu.device == device and not bu.training, bu.dtype, c.frozen_dtype, weight_dtype)
+        there = bu.device.type == device.type and (device.type == 'cpu' or bu.device.index == device.index)   # cpu == cpu:0
+        teacher = teacher_copy_dtype(there and not bu.training, bu.dtype, c.frozen_dtype, weight_dtype)
         what = f"the caller's UNet ({str(bu.dtype)[6:]}, no copy)" if teacher is None else f"a {str(teacher)[6:]} copy"
         parts.append(f"DC teacher {what}{', for the cached pool only' if c.dc_teacher_pool else ''}")
     plan = dict(gradient_checkpointing=gc, n_unet_params=n_unet, n_trained_params=n_trained, n_shared_params=n_shared,
@@ -807,9 +808,9 @@ class TrainingData:
     @property
     def device(self) -> torch.device: return self.instance_latents.device
 
-    def batch_latents(self, step: int, g: torch.Generator) -> Tensor:
-        "Clean latents of step `step`'s main batch: train_batch_size random instance latents (flipped at random with hflip), then as many class latents in turn with prior preservation."
-        c, bs = self.config, self.config.train_batch_size
+    def batch_latents(self, step: int, g: torch.Generator, processes: int = 1) -> Tensor:
+        "Clean latents of step `step`'s main batch of `processes` × train_batch_size: random instance latents (flipped at random with hflip), then as many class latents in turn with prior preservation."
+        c, bs = self.config, self.config.train_batch_size * processes
         idx = torch.randint(len(self.instance_latents), (bs,), generator=g)
         flip = (torch.rand(bs, generator=g) < 0.5) if c.hflip else torch.zeros(bs, dtype=torch.bool)
         fl, ii = flip.to(self.device)[:, None, None, None], idx.to(self.device)
@@ -820,10 +821,11 @@ class TrainingData:
             z0 = torch.cat([z0, torch.where(fl, self.class_data['latents_flipped'][ci], self.class_data['latents'][ci])])
         return z0
 
-    def regularization_batch(self, z0: Tensor, step: int, g: torch.Generator, scheduler) -> tuple[Tensor, Tensor, Tensor]:
-        "(z_t, t, prompt index) of DC's r regularization samples of step `step` (00_method §3), drawn from `g`."
+    def regularization_batch(self, z0: Tensor, step: int, g: torch.Generator, scheduler,
+                             processes: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        "(z_t, t, prompt index) of DC's `processes` × r regularization samples of step `step` (00_method §3), drawn from `g`."
         c = self.config
-        r, shape = c.dc_n_reg, tuple(z0.shape[1:])
+        r, shape = c.dc_n_reg * processes, tuple(z0.shape[1:])
         pair = None
         if c.dc_latents == 'batch': clean = z0
         elif c.dc_latents == 'prior':
@@ -860,6 +862,11 @@ class TrainingData:
         h = hashlib.sha256()
         for x in src: h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+def shard_rows(x: Tensor, blocks: int, rank: int, processes: int) -> Tensor:
+    "[ours] Process `rank`'s rows of a global batch `x` made of `blocks` equal blocks (e.g. instance | class), each holding the processes' rows in turn."
+    if processes == 1: return x
+    return torch.cat([b.chunk(processes)[rank] for b in x.chunk(blocks)])
 
 def training_data(base: Components, concept: ConceptSpec, config: TrainConfig, class_prompt: str, resolution: int,
                   device: torch.device, fingerprint: str | None = None, accelerator=None) -> TrainingData:
@@ -967,14 +974,14 @@ class Trainer:
     def _setup(self):
         c = self.config
         self.accelerator = acc = _make_accelerator(c, get_device(c.device))
-        self.device, self.rank = acc.device, acc.process_index
+        self.device, self.rank, self.processes = acc.device, acc.process_index, acc.num_processes
         if self.base.unet.device.type != self.device.type:
             warnings.warn(f"The base model is on {self.base.unet.device} but training runs on {self.device}: instance/class latents "
                           f"and class images are computed on {self.base.unet.device} (slow for SD). Move it first: base.to('{self.device.type}').")
         self.weight_dtype = {'no': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[acc.mixed_precision]
         self.resolution = c.resolution or self.base.resolution
         torch.manual_seed(c.seed)
-        self.generator = torch_generator(c.seed + self.rank)   # each process draws its own data and noise
+        self.generator = torch_generator(c.seed)    # every process draws the global batch and keeps its share (`shard_rows`)
         random.seed(c.seed); np.random.seed(c.seed)
         self._setup_student()
         self.data = training_data(self.base, self.concept, c, self.class_prompt, self.resolution, self.device,
@@ -1051,10 +1058,12 @@ class Trainer:
 
     def _dc_samples(self, z0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         "DC's (z_t, t, student embeddings, teacher prediction) for this step: drawn from the teacher pool, or fresh with a live teacher."
-        if self.pool is not None: zr, tr, idx, target = self.pool.draw(self.config.dc_n_reg, self.generator)
-        else:
-            zr, tr, idx = self.data.regularization_batch(z0, self.step, self.generator, self.base.scheduler)
-            target = self._finite(teacher_prediction(self.teacher, zr, tr, self.reg_embeds[idx.to(self.device)]), 'teacher UNet')
+        n, k = self.processes, self.rank
+        if self.pool is not None: drawn = self.pool.draw(self.config.dc_n_reg * n, self.generator)
+        else: drawn = self.data.regularization_batch(z0, self.step, self.generator, self.base.scheduler, n)
+        zr, tr, idx, *target = (shard_rows(x, 1, k, n) for x in drawn)
+        target = target[0] if target else self._finite(teacher_prediction(self.teacher, zr, tr, self.reg_embeds[idx.to(self.device)]),
+                                                       'teacher UNet')
         prompts = [self.data.reg_prompts[i] for i in idx.tolist()]
         sr = self._embed(prompts) if self.text_mode == 'all' else self.reg_embeds[idx.to(self.device)]
         return zr, tr, sr, target
@@ -1070,16 +1079,17 @@ class Trainer:
     def _forward(self) -> dict[str, Tensor]:
         "Draw this step's batch (main, then DC's samples) and run the student once; the named loss terms (`losses.loss_terms`)."
         c, g, sched = self.config, self.generator, self.base.scheduler
-        bs = c.train_batch_size
-        z0 = self.data.batch_latents(self.step, g)
+        bs, n, k, blocks = c.train_batch_size, self.processes, self.rank, 2 if c.uses_prior else 1
+        z0_all = self.data.batch_latents(self.step, g, n)                  # the global batch; this process's share below
         emb = self._embed([self.instance_prompt]) if self.text_mode != 'none' else self.instance_embeds
         embs = [emb.expand(bs, -1, -1)]
         if c.uses_prior: embs.append((self._embed([self.class_prompt]) if self.text_mode == 'all' else self.class_embeds).expand(bs, -1, -1))
-        noise = torch.randn(z0.shape, generator=g).to(self.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(z0),), generator=g).to(self.device)
+        noise = torch.randn(z0_all.shape, generator=g).to(self.device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(z0_all),), generator=g).to(self.device)
+        z0, noise, t = (shard_rows(x, blocks, k, n) for x in (z0_all, noise, t))
         zt, target, dc_target = sched.add_noise(z0, noise, t), training_target(sched, z0, noise, t), None
         fused, t_all = c.uses_dc and c.dc_fused, t
-        if c.uses_dc: zr, tr, sr, dc_target = self._dc_samples(z0)
+        if c.uses_dc: zr, tr, sr, dc_target = self._dc_samples(z0_all)
         if fused: zt, t_all, embs = torch.cat([zt, zr]), torch.cat([t, tr]), embs + [sr]
         pred = self.unet(zt, t_all, encoder_hidden_states=torch.cat(embs)).sample
         if c.uses_dc and not fused: pred = torch.cat([pred, self.unet(zr, tr, encoder_hidden_states=sr).sample])
@@ -1103,7 +1113,9 @@ class Trainer:
         if c.max_grad_norm is not None: self.accelerator.clip_grad_norm_(list(self.params.values()), c.max_grad_norm)
         self.optimizer.step(); self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        out = {'step': self.step, 'loss': loss.item(), **{k: v.item() for k, v in terms.items()}}
+        vals = [loss, *terms.values()]
+        if self.processes > 1: vals = self.accelerator.reduce(torch.stack([v.detach().float() for v in vals]), 'mean')   # global batch
+        out = {'step': self.step, **{k: v.item() for k, v in zip(['loss', *terms], vals)}}
         self.history.append(out)
         return out
 
