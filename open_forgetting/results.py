@@ -20,8 +20,8 @@ from .study import RunLayout, check_choice, drift_tables, table1_text
 __all__ = ['MANIFEST', 'EXCLUDED', 'MAX_BYTES', 'TABLE1_METRICS', 'FIDELITY_METRICS', 'FORGETTING_METRICS', 'results_dir',
            'published_cell', 'synthetic_run', 'finished_experiments', 'result_files', 'publish_cell', 'run_cells',
            'publish_run', 'published', 'grid_status', 'load_results', 'mean_ci', 'summarize', 'cell_drift', 'table1',
-           'table1_display', 'fidelity_cells', 'table2', 'diversity_cells', 'diversity_table', 'paired_effect',
-           'dc_effects', 'dc_verdict']
+           'table1_display', 'fidelity_cells', 'table2', 'diversity_cells', 'diversity_table', 'ground_truth_cells',
+           'ground_truth_table', 'paired_effect', 'dc_effects', 'dc_verdict']
 
 # %% ../nbs/19_results.ipynb #d038c003
 MANIFEST = 'published.json'                     # one per published cell, written after its files
@@ -70,6 +70,9 @@ def synthetic_run(run_dir: str | Path, concepts: Sequence[str] = ('heart_emblem'
                 drift_tables(runs, _CLASSES, identity=identity, n_boot=20).save(cell / 'global_drift', concept=concept)
                 pd.DataFrame(dict(model=['base', key], path=['/cache/a.png', '/cache/b.png'])).to_csv(cell / 'global_drift' / 'manifest.csv', index=False)
                 ids = dict(concept=concept, method=method, variant=variant)
+                from open_forgetting.plots import model_label
+                pd.DataFrame([dict(model=model_label(method, variant), drift=min(1.0, harm[variant] + rng.random() / 10), n=6, **ids)]
+                             ).to_csv(cell / 'global_drift' / 'ground_truth_drift.csv', index=False)
                 (cell / 'customize' / 'model').mkdir(parents=True, exist_ok=True)
                 (cell / 'customize' / 'model' / 'weights.safetensors').write_bytes(b'not a result')
                 (cell / 'customize' / 'loss.png').write_bytes(b'not a table')
@@ -137,6 +140,13 @@ def _entry(folder: Path, marker: dict, seed: int, study, exclude, max_bytes) -> 
                  parameters=marker.get('parameters'), seed_from='argument' if ran is None else 'overrides', files=files, skipped=skipped)
     return entry, data
 
+def _seed_of_run(markers: Mapping[str, dict], where) -> int:
+    "The one `training.settings.seed` that the markers' overrides name; an error asking for `seed=` otherwise."
+    seeds = {_seed_override((m.get('parameters') or {}).get('overrides')) for m in markers.values()}
+    if len(seeds) != 1 or None in seeds:
+        raise ValueError(f"cannot tell the training seed of {where} from its runs' overrides (found {sorted(map(str, seeds))}): pass seed= explicitly.")
+    return seeds.pop()
+
 def _read_manifest(path: Path) -> dict:
     if not path.exists(): return {}
     try: m = load_json(path)
@@ -148,11 +158,11 @@ def _read_manifest(path: Path) -> dict:
 def _sha(path: Path) -> str: return hashlib.sha256(path.read_bytes()).hexdigest()
 
 # %% ../nbs/19_results.ipynb #deb396f8
-def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, seed: int, dest: str | Path | None = None,
+def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, seed: int | None = None, dest: str | Path | None = None,
                  experiments: Sequence[str] | None = None, study=None, overwrite: bool = False,
                  exclude: Sequence[str] = EXCLUDED, max_bytes: int = MAX_BYTES) -> pd.DataFrame:
-    "Copy a cell's finished experiments' tidy CSV tables to `published_cell(dest, ...)`, atomically, and record them in its `published.json` [ours]."
-    seed, dest = _check_seed(seed), Path(dest) if dest is not None else results_dir()
+    "Copy a cell's finished experiments' tidy CSV tables to `published_cell(dest, ...)`, atomically, and record them in its `published.json` (`seed=None`: the run's `training.settings.seed`) [ours]."
+    dest = Path(dest) if dest is not None else results_dir()
     done = finished_experiments(run_dir, concept, method, variant)
     if experiments is not None:
         if missing := sorted(set(experiments) - set(done)):
@@ -162,6 +172,7 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
     if not done:
         raise ValueError(f"cell {concept}/{method}-{variant} has no finished experiment in {run_dir} (no sound _SUCCESS.json): nothing to publish.")
     src = RunLayout(Path(run_dir)).cell(concept, method, variant)
+    seed = _check_seed(_seed_of_run(done, src) if seed is None else seed)
     new = {e: _entry(src / e, m, seed, study, exclude, max_bytes) for e, m in done.items()}
     if len({e['study'] for e, _ in new.values()}) > 1:
         raise ValueError(f"the experiments of {src} were run with different study contents {sorted({str(e['study']) for e, _ in new.values()})}: "
@@ -203,7 +214,7 @@ def run_cells(run_dir: str | Path) -> list[tuple[str, str, str]]:
         if d.is_dir() and finished_experiments(run_dir, d.parent.name, method, variant): cells.append((d.parent.name, method, variant))
     return cells
 
-def publish_run(run_dir: str | Path, seed: int, dest: str | Path | None = None, study=None, overwrite: bool = False, **kw) -> pd.DataFrame:
+def publish_run(run_dir: str | Path, seed: int | None = None, dest: str | Path | None = None, study=None, overwrite: bool = False, **kw) -> pd.DataFrame:
     "`publish_cell` for every cell of a run folder (one training seed) with a finished experiment; the actions of all [ours]."
     cells = run_cells(run_dir)
     if not cells: raise ValueError(f"{run_dir} has no finished experiment (no sound _SUCCESS.json under <concept>/<method>-<variant>/): nothing to publish.")
@@ -252,7 +263,8 @@ def load_results(dest: str | Path | None = None) -> dict[str, pd.DataFrame]:
                 if _sha(f) != info['sha256']:
                     raise DamagedFileError(f"{f} differs from what {path} records (sha256 {info['sha256'][:12]}...): restore it with "
                                            f"`git checkout -- {f}`, or republish the cell with overwrite=True.")
-                df = pd.read_csv(f)
+                try: df = pd.read_csv(f)
+                except pd.errors.EmptyDataError: df = pd.DataFrame()    # a table with no columns at all
                 if 'concept' in df and len(df) and not (df.concept.astype(str) == m['concept']).all():
                     raise DamagedFileError(f"{f} has rows of concept(s) {sorted(set(df.concept.astype(str)) - {m['concept']})}, "
                                            f"but is published as {m['concept']!r}: republish the cell from its own run folder.")
@@ -282,7 +294,7 @@ def summarize(cells: pd.DataFrame, metrics: Sequence[str], by: Sequence[str], un
         row = dict(zip(by, key))
         for m in metrics:
             row[m], row[f'{m}_lo'], row[f'{m}_hi'], _ = mean_ci(g[m], ci)
-        rows.append({**row, 'n': len(g), 'unit': unit})
+        rows.append({**row, 'n': len(g), 'unit': unit, 'ci': ci})
     return _in_grid_order(pd.DataFrame(rows))
 
 _ORDER = {'method': ('base', 'dreambooth', 'custom_diffusion', 'lora', 'hypermod'), 'variant': ('none', 'plain', 'dc', 'dc_pr')}
@@ -340,7 +352,7 @@ def table1_display(t: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     r = lambda x: '–' if pd.isna(x) else f'{x:.{digits}f}'
     drop = t.assign(cell=[('' if m == 'base' else f'{r(d)} [{r(lo)}, {r(hi)}]') for m, d, lo, hi in zip(t.model, t['drop'], t.drop_lo, t.drop_hi)]) \
             .pivot_table(index='model', columns='dataset', values='cell', aggfunc='first')
-    out = pd.concat({'accuracy (worst-class drop)': paper, f'mean drop [{int(100 * 0.95)}% CI]': drop}, axis=1)
+    out = pd.concat({'accuracy (worst-class drop)': paper, f'mean drop [{100 * t.ci.iat[0]:g}% CI]': drop}, axis=1)
     order = list(dict.fromkeys(t.model))
     return out.reindex(order).rename_axis(f"model (n = {int(t.n.max())} {t.unit.iat[0]}s)")
 
@@ -377,8 +389,19 @@ def diversity_table(results: Mapping[str, pd.DataFrame], unit: str = 'cell', ci:
     cells = diversity_cells(results)
     return summarize(cells, [c for c in ('vendi', 'pairwise_cosine_distance') if c in cells], ['method', 'variant'], unit=unit, ci=ci)
 
+def ground_truth_cells(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    "One row per cell: `gt_drift`, the oracle's fraction of paired generic-prompt generations whose depicted attributes changed (`oracle.ground_truth_drift`) [ours]."
+    gt = _need(results, 'global_drift/ground_truth_drift')
+    gt = gt[~gt.model.astype(str).str.startswith(('base', 'control'))].drop(columns=['method', 'variant'], errors='ignore')
+    gt = gt.rename(columns={'cell_method': 'method', 'cell_variant': 'variant', 'drift': 'gt_drift'})
+    return gt.groupby(_CELL, as_index=False)[['gt_drift']].mean()
+
+def ground_truth_table(results: Mapping[str, pd.DataFrame], unit: str = 'cell', ci: float = 0.95) -> pd.DataFrame:
+    "Ground-truth drift (where the world has an oracle) per method and variant: mean over cells with `mean_ci` interval [ours]."
+    return summarize(ground_truth_cells(results), ['gt_drift'], ['method', 'variant'], unit=unit, ci=ci)
+
 # %% ../nbs/19_results.ipynb #b56eb7ca
-FORGETTING_METRICS = ('drop', 'worst_drop', 'mean_class_drop', 'score_drift')   # lower = less forgetting
+FORGETTING_METRICS = ('drop', 'worst_drop', 'mean_class_drop', 'score_drift', 'gt_drift')   # lower = less forgetting
 
 def paired_effect(cells: pd.DataFrame, metric: str, treatment: str = 'dc', reference: str = 'plain', by: Sequence[str] = ('dataset', 'method'),
                   unit: str = 'cell', ci: float = 0.95) -> pd.DataFrame:
@@ -399,11 +422,13 @@ def paired_effect(cells: pd.DataFrame, metric: str, treatment: str = 'dc', refer
                      'effect': m, 'effect_lo': lo, 'effect_hi': hi, 'n': n, 'unit': unit})
     return pd.DataFrame(rows)
 
-def dc_effects(results: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ('drop', 'worst_drop'), variants: Sequence[str] = ('dc', 'dc_pr'),
+def dc_effects(results: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ('drop', 'worst_drop', 'gt_drift'), variants: Sequence[str] = ('dc', 'dc_pr'),
                unit: str = 'cell', ci: float = 0.95, n_boot: int = 200, cells: pd.DataFrame | None = None) -> pd.DataFrame:
-    "DC's paired effect on Table 1's forgetting measures, for every method and DC variant present (X-DC − X per concept and seed; `cells` as in `table1`) [ours]."
+    "DC's paired effect on the forgetting measures (Table 1's; `gt_drift` where published), per method and DC variant present: X-DC − X per concept and seed (`cells` as in `table1`) [ours]."
     if cells is None: cells = cell_drift(_need(results, 'global_drift/classification'), n_boot=n_boot)
-    out = [paired_effect(cells, m, v, 'plain', unit=unit, ci=ci) for m in metrics for v in variants if (cells.variant == v).any()]
+    gt = ground_truth_cells(results) if 'gt_drift' in metrics and len(results.get('global_drift/ground_truth_drift', ())) else None
+    out = [paired_effect(src, m, v, 'plain', unit=unit, ci=ci) for m in metrics for src in [gt if m == 'gt_drift' else cells]
+           if src is not None for v in variants if (src.variant == v).any()]
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 def dc_verdict(effects: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from open_forgetting.core import DamagedFileError, repo_root
-from open_forgetting.results import (MANIFEST, cell_drift, dc_verdict, grid_status, load_results, paired_effect,
+from open_forgetting.results import (MANIFEST, cell_drift, dc_effects, dc_verdict, grid_status, load_results, paired_effect,
                                      publish_cell, publish_run, published, published_cell, synthetic_run, table1, table2)
 
 CONCEPTS, METHODS = ['heart_emblem', 'arrow_emblem'], ['dreambooth', 'lora']
@@ -86,7 +86,7 @@ def test_publishing_twice_is_idempotent(grid):
     runs, dest = grid
     before = _tree(dest)
     acts = publish_run(runs[0], seed=0, dest=dest)
-    assert set(acts.action) == {'unchanged'} and len(acts) == 2 * 2 * 2 * 6
+    assert set(acts.action) == {'unchanged'} and len(acts) == 2 * 2 * 2 * 7
     assert _tree(dest) == before                                # not a byte and not a time stamp changed
     files = {p.relative_to(dest).parts[-2:] for p in dest.rglob('*') if p.is_file()}
     assert not any(name.endswith(('.png', '.safetensors', '.ipynb', '.json')) and name != MANIFEST for _, name in files)
@@ -143,6 +143,16 @@ def test_paired_difference_is_the_mean_of_cell_differences(grid, cells):
         assert e.n == 4
     v = dc_verdict(eff.reset_index())
     assert ((v.verdict == 'reduces forgetting') == (v.effect_hi < 0)).all()
+
+
+def test_ground_truth_effect_from_the_published_files(grid, cells):
+    "DC's paired effect on ground-truth drift, against the cells' ground_truth_drift.csv files read directly."
+    _, dest = grid
+    eff = dc_effects(load_results(dest), metrics=('gt_drift',), variants=('dc',), cells=cells).set_index('method')
+    for method in METHODS:
+        side = {v: pd.Series({(f.parts[-4], f.parts[-5]): pd.read_csv(f).drift.item()
+                              for f in dest.glob(f'seed-*/*/{method}-{v}/global_drift/ground_truth_drift.csv')}) for v in ('dc', 'plain')}
+        assert eff.loc[method, 'effect'] == pytest.approx((side['dc'] - side['plain']).mean()) and eff.loc[method, 'n'] == 4
 
 
 def test_unmatched_cells_are_left_out_of_the_pairs(cells):
