@@ -112,6 +112,8 @@ def headline(tables: Mapping[str, pd.DataFrame]) -> list[str]:
                      + (f", {kid_words(t.kid, t.kid_lo, t.kid_hi, _kid_n(tables, TUNED))} (control {c.kid:.4f})" if 'kid_lo' in a else ''))
     return lines
 
+_TABLE1 = ('dataset', 'model', 'base_accuracy', 'accuracy', 'drop', 'drop_lo', 'drop_hi', 'worst_class', 'worst_drop')
+
 def write_report(tables: Mapping[str, pd.DataFrame], out: str | Path, title: str) -> Path:
     "Write every table as CSV, `report.md` and a self-contained `report.html`; returns the folder."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -124,12 +126,16 @@ def write_report(tables: Mapping[str, pd.DataFrame], out: str | Path, title: str
     (out / 'report.md').write_text('\n'.join(md) + '\n', encoding='utf-8')
     body = ''.join(f'<li>{html.escape(l)}</li>' for l in lines)
     imgs = ''.join(f'<figure><img src="data:image/png;base64,{b}"/><figcaption>{html.escape(t)}</figcaption></figure>' for t, b in figs.items())
-    summary = tables['semantic_drift'].round(2).to_html(index=False) if 'semantic_drift' in tables else ''
+    sd = tables.get('semantic_drift')   # the page shows Table 1's columns; semantic_drift.csv has them all
+    summary = sd[[c for c in _TABLE1 if c in sd]].round(2).to_html(index=False) if sd is not None else ''
+    div = tables.get('diversity')
+    diversity = ('<h2>Diversity (mean over prompts)</h2>' + div.groupby('model')[['vendi', 'pairwise_cosine_distance']].mean()
+                 .round(4).reset_index().to_html(index=False)) if div is not None and 'vendi' in div else ''
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>body{{font-family:sans-serif;'
             f'max-width:1100px;margin:2em auto}} figure{{display:inline-block;width:48%;margin:0}} img{{width:100%}} table{{font-size:80%;'
             f'border-collapse:collapse}} td,th{{padding:2px 6px;border-bottom:1px solid #ddd}}</style></head><body><h1>{html.escape(title)}</h1>'
             f'<ul>{body}</ul>{imgs}<h2>Semantic drift</h2>{summary}<h2>Appearance (with the control)</h2>'
-            f'{tables["appearance"].round(4).to_html(index=False, na_rep="–")}</body></html>')
+            f'{tables["appearance"].round(4).to_html(index=False, na_rep="–")}{diversity}</body></html>')
     (out / 'report.html').write_text(page, encoding='utf-8')
     return out
 
