@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .core import DamagedFileError, atomic_save_json, atomic_write, check_name, load_json, repo_root, stable_hash
+from .core import DamagedFileError, atomic_save_json, atomic_write, load_json, repo_root, stable_hash
 from .runner import MEASUREMENTS, check_marker, write_marker
 from .study import RunLayout, check_choice, drift_tables, table1_text
 
@@ -330,7 +330,7 @@ TABLE1_METRICS = ('accuracy', 'drop', 'worst_drop', 'base_accuracy')
 
 def table1(results: Mapping[str, pd.DataFrame], unit: str = 'cell', ci: float = 0.95, n_boot: int = 200,
            cells: pd.DataFrame | None = None) -> pd.DataFrame:
-    "Table 1: per dataset, method and variant, the mean over cells of accuracy, mean drop and worst-class drop with `mean_ci` intervals; the base model first (`cells`: `cell_drift`'s table if already computed) [ours]."
+    "Table 1 per dataset, method, variant: means of accuracy, mean and worst-class drop over concept×seed cells, Student-t 95% interval over those cells (no bootstrap: n≈9 units), base first; `cells`: `cell_drift`'s if computed [ours]."
     from open_forgetting.plots import model_label
     if cells is None: cells = cell_drift(_need(results, 'global_drift/classification'), n_boot=n_boot)
     t = summarize(cells, TABLE1_METRICS, ['dataset', 'method', 'variant'], unit=unit, ci=ci)
@@ -405,7 +405,7 @@ FORGETTING_METRICS = ('drop', 'worst_drop', 'mean_class_drop', 'score_drift', 'g
 
 def paired_effect(cells: pd.DataFrame, metric: str, treatment: str = 'dc', reference: str = 'plain', by: Sequence[str] = ('dataset', 'method'),
                   unit: str = 'cell', ci: float = 0.95) -> pd.DataFrame:
-    "Per group `by`: the mean over (concept, training seed) pairs of `metric`(treatment) − `metric`(reference) with its paired t interval [ours]."
+    "Per group `by`: the mean over pairs matched on concept and training seed of `metric`(treatment) − `metric`(reference), with the paired Student-t interval over the pairs [ours]."
     check_choice('unit', unit, ('cell', 'concept'))
     by = [b for b in by if b in cells]
     keys = [*by, 'concept', 'training_seed']
