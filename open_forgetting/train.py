@@ -1175,7 +1175,7 @@ class Trainer:
         if last is not None: self.load_checkpoint(last)
         else: self.method.on_train_start(self)
         bar = tqdm(total=c.max_steps, initial=self.step, desc=f'{c.method}/{c.variant} {self.concept.name}',
-                   disable=not c.progress)
+                   disable=not (c.progress and self.accelerator.is_main_process))   # one bar, the main process's
         while self.step < c.max_steps:
             out = self.train_step()
             bar.update(1); bar.set_postfix({k: f'{v:.4f}' for k, v in out.items() if k != 'step'})
