@@ -25,16 +25,17 @@ from .losses import (training_target, loss_terms, total_loss,
                                     teacher_prediction, TeacherPool, teacher_pool, REG_PROMPT_SOURCES, REG_LATENT_SOURCES)
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC', 'TRAINED_FILE', 'RUN_FILE',
-           'HISTORY_FILE', 'ACTIVATION_BYTES', 'ConceptSpec', 'dreambench_subjects', 'dreambench_prompts',
-           'instance_image_files', 'load_concept', 'load_instance_images', 'TrainConfig', 'CustomizationMethod',
-           'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens',
-           'CustomDiffusion', 'LoRA', 'variant_config', 'class_images', 'replay_latents', 'NonFiniteLossError',
-           'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity',
-           'run_identity', 'identity_diff', 'activation_estimate', 'step_memory_estimate',
-           'needs_gradient_checkpointing', 'teacher_copy_dtype', 'place_student', 'memory_plan', 'TrainingData',
-           'shard_rows', 'training_data', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point',
-           'write_checkpoint', 'read_checkpoint', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
+__all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC',
+           'TRAINED_FILE', 'RUN_FILE', 'HISTORY_FILE', 'ACTIVATION_BYTES', 'ConceptSpec', 'dreambench_subjects',
+           'dreambench_prompts', 'instance_image_files', 'load_concept', 'load_instance_images', 'TrainConfig',
+           'CustomizationMethod', 'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding',
+           'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config', 'class_images',
+           'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng',
+           'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'activation_estimate',
+           'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype', 'place_student', 'memory_plan',
+           'TrainingData', 'shard_rows', 'training_data', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact',
+           'resume_point', 'write_checkpoint', 'read_checkpoint', 'Trainer', 'default_run_dir', 'customize',
+           'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -286,9 +287,29 @@ class TrainConfig:
         "Hash of `identity()`: equal for configurations that train the same result."
         return stable_hash(self.identity())
 
-_ENGINEERING_FIELDS = {'progress', 'checkpoint_every', 'keep_checkpoints', 'keep_checkpoints_when_done', 'validation_every',
-                       'validation_prompts', 'validation_steps', 'validation_guidance_scale', 'device',
-                       'gradient_checkpointing', 'share_frozen_weights'}   # recomputing activations changes memory and time, not the result
+    def group(self, name: str) -> dict:
+        "The fields of one part (`TRAIN_CONFIG_GROUPS`): 'run', 'optimizer', 'prior_preservation', 'drift_correction', 'method_specific' or 'engineering'."
+        if name not in TRAIN_CONFIG_GROUPS: raise ValueError(f"Unknown TrainConfig group {name!r}; use one of {list(TRAIN_CONFIG_GROUPS)}.")
+        return {k: getattr(self, k) for k in TRAIN_CONFIG_GROUPS[name]}
+
+# The fields by part. They stay flat (a study's `training.settings` and every run's identity name them so; nesting
+# them would change every run key and cache); `TrainConfig.group` reads one part.
+TRAIN_CONFIG_GROUPS = {
+    'run': ('method', 'variant', 'max_steps', 'train_batch_size', 'seed', 'resolution', 'hflip', 'instance_template',
+            'class_template', 'snr_gamma', 'mixed_precision'),
+    'optimizer': ('learning_rate', 'lr_warmup_steps', 'adam_beta1', 'adam_beta2', 'adam_weight_decay', 'adam_epsilon',
+                  'use_8bit_adam', 'max_grad_norm'),
+    'prior_preservation': ('lambda_pr', 'num_class_images', 'class_seed', 'class_sampling_steps', 'class_guidance_scale'),
+    'drift_correction': ('lambda_dc', 'dc_n_reg', 'dc_prompts', 'dc_latents', 'dc_prompt_file', 'dc_replay_images',
+                         'dc_teacher_pool', 'dc_fused', 'frozen_dtype'),
+    'method_specific': ('train_text_encoder', 'train_identifier_embedding', 'text_encoder_lr_scale', 'modifier_token',
+                        'initializer_token', 'lora_rank', 'lora_alpha', 'lora_targets', 'method_settings'),
+    # engineering: memory, time and bookkeeping, not the result (recomputing activations, sharing frozen weights,
+    # checkpoints, validation images, the progress bar), hence not part of a run's identity
+    'engineering': ('gradient_checkpointing', 'share_frozen_weights', 'device', 'checkpoint_every', 'keep_checkpoints',
+                    'keep_checkpoints_when_done', 'validation_every', 'validation_prompts', 'validation_steps',
+                    'validation_guidance_scale', 'progress')}
+_ENGINEERING_FIELDS = set(TRAIN_CONFIG_GROUPS['engineering'])
 
 def _prompt_file_digest(path: str | None) -> str:
     "'sha256:<hex>' of the DC prompt file's bytes (the shipped data/generic_prompts.txt for None): its content, not its path, keys a run."
