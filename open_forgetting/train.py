@@ -33,9 +33,9 @@ __all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES
            'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng',
            'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'activation_estimate',
            'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype', 'place_student', 'memory_plan',
-           'TrainingData', 'shard_rows', 'training_data', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact',
-           'resume_point', 'write_checkpoint', 'read_checkpoint', 'Trainer', 'default_run_dir', 'customize',
-           'load_customized']
+           'TrainingData', 'shard_rows', 'training_data', 'frozen_teacher', 'teacher_pool_recipe',
+           'cached_teacher_pool', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point',
+           'write_checkpoint', 'read_checkpoint', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -912,6 +912,33 @@ def training_data(base: Components, concept: ConceptSpec, config: TrainConfig, c
         data.replay = replay.to(device)
     return data
 
+# %% ../nbs/05_train.ipynb #13980bac
+def frozen_teacher(base_unet: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    "θ0 on the training device: the caller's UNet itself for `dtype` None (read only, never modified), else a copy in `dtype` (`teacher_copy_dtype`)."
+    if dtype is None: return base_unet
+    # a weight-sharing copy converted by `.to`: no transient fp32 duplicate of the UNet on the host
+    return _copy_sharing_weights(base_unet).to(device, dtype).eval().requires_grad_(False)
+
+def teacher_pool_recipe(config: TrainConfig, data: TrainingData, base_fingerprint: str, teacher_dtype: torch.dtype) -> dict:
+    "What determines DC's teacher pool [ours]: base model, teacher dtype, C_reg, the Z_reg source and its latents' content, r, pool size, seed."
+    c = config
+    return dict(base=base_fingerprint, dtype=str(teacher_dtype), prompts=data.reg_prompts, source=c.dc_latents,
+                latents=data.reg_latents_digest(), shape=list(data.instance_latents.shape[1:]), r=c.dc_n_reg, n=c.dc_teacher_pool,
+                seed=c.seed, batch=[c.train_batch_size, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
+
+def cached_teacher_pool(recipe: dict, data: TrainingData, scheduler, make_teacher, reg_embeds: Tensor, device: torch.device,
+                        source: str = 'the base model') -> TeacherPool:
+    "DC's teacher cache [ours]: read (verified) from the cache keyed by `recipe`, else drawn (`TrainingData.pool_samples`), run once through the teacher `make_teacher()` builds, and stored."
+    path = cache_dir('dc_teacher') / f'{stable_hash(recipe)}.safetensors'; meta_path = path.with_suffix('.json')
+    tensors = _read_verified(path, _read_meta(meta_path).get('sha256'))
+    if tensors is None:
+        zt, t, idx = data.pool_samples(scheduler)
+        pool = teacher_pool(make_teacher(), zt.to(device), t.to(device), idx, reg_embeds)
+        check_finite(pool.target, f'teacher UNet ({source})', 'the DC teacher pool')
+        tensors = pool.tensors()
+        atomic_save_json({**recipe, 'sha256': _write_verified(path, tensors)}, meta_path)
+    return TeacherPool(**{k: v.to(device) for k, v in tensors.items()})
+
 # %% ../nbs/05_train.ipynb #505ca139
 def make_optimizer(method: CustomizationMethod, params: dict[str, nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     "AdamW (or bitsandbytes' 8-bit AdamW, `use_8bit_adam`) over the trainable parameters only, in the method's parameter groups."
@@ -1039,37 +1066,16 @@ class Trainer:
             self.reg_embeds = encode_prompts(self.base, self.data.reg_prompts).to(self.device).clone()
 
     def _setup_teacher(self):
-        "DC's frozen teacher θ0: kept for a live teacher; with `dc_teacher_pool` only its cached predictions on a fixed pool are kept."
+        "DC's frozen teacher θ0 (`frozen_teacher`); with `dc_teacher_pool` only its cached predictions on a fixed pool (`cached_teacher_pool`)."
         c = self.config
         self.teacher = self.pool = None
         if not c.uses_dc: return
-        if c.dc_teacher_pool:
-            with self.accelerator.main_process_first(): self.pool = self._teacher_pool()
-        else: self.teacher = self._frozen_base_unet()
-
-    def _frozen_base_unet(self) -> nn.Module:
-        "θ0 on the training device: the caller's UNet itself (read only, never modified), or a copy in the planned dtype (`teacher_copy_dtype`)."
-        bu = self.base.unet
-        if self._teacher_dtype is None: return bu
-        # a weight-sharing copy converted by `.to`: no transient fp32 duplicate of the UNet on the host
-        return _copy_sharing_weights(bu).to(self.device, self._teacher_dtype).eval().requires_grad_(False)
-
-    def _teacher_pool(self) -> TeacherPool:
-        "DC's teacher cache [ours]: read (verified) from the cache keyed by its recipe, else drawn (`TrainingData.pool_samples`), run through θ0 once and stored."
-        c, d = self.config, self.data
-        recipe = dict(base=self.base_fingerprint, dtype=str(self._teacher_dtype or self.base.unet.dtype), prompts=d.reg_prompts,
-                      source=c.dc_latents, latents=d.reg_latents_digest(), shape=list(d.instance_latents.shape[1:]),
-                      r=c.dc_n_reg, n=c.dc_teacher_pool, seed=c.seed,
-                      batch=[c.train_batch_size, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
-        path = cache_dir('dc_teacher') / f'{stable_hash(recipe)}.safetensors'; meta_path = path.with_suffix('.json')
-        data = _read_verified(path, _read_meta(meta_path).get('sha256'))
-        if data is None:
-            zt, t, idx = d.pool_samples(self.base.scheduler)
-            pool = teacher_pool(self._frozen_base_unet(), zt.to(self.device), t.to(self.device), idx, self.reg_embeds)
-            check_finite(pool.target, f'teacher UNet (base model {self.base.source})', 'the DC teacher pool')
-            data = pool.tensors()
-            atomic_save_json({**recipe, 'sha256': _write_verified(path, data)}, meta_path)
-        return TeacherPool(**{k: v.to(self.device) for k, v in data.items()})
+        make = lambda: frozen_teacher(self.base.unet, self.device, self._teacher_dtype)
+        if not c.dc_teacher_pool: self.teacher = make(); return
+        recipe = teacher_pool_recipe(c, self.data, self.base_fingerprint, self._teacher_dtype or self.base.unet.dtype)
+        with self.accelerator.main_process_first():
+            self.pool = cached_teacher_pool(recipe, self.data, self.base.scheduler, make, self.reg_embeds, self.device,
+                                            f'base model {self.base.source}')
 
     # ---- one step
     def _embed(self, prompts: list[str]) -> Tensor:
