@@ -861,14 +861,14 @@ class TrainingData:
         idx = pair if pair is not None else torch.randint(len(self.reg_prompts), (r,), generator=g)
         return zt.to(self.device), t.to(self.device), idx
 
-    def pool_samples(self, scheduler) -> tuple[Tensor, Tensor, Tensor]:
-        "(z_t, t, prompt index) of `dc_teacher_pool` samples drawn exactly as live DC draws them, step after step, from a generator of their own [ours]."
+    def pool_samples(self, scheduler, processes: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        "(z_t, t, prompt index) of `dc_teacher_pool` samples drawn exactly as live DC of `processes` processes draws them, step after step, from a generator of their own [ours]."
         c = self.config
         g = torch_generator(c.seed + 7919)
         zs, ts, ids = [], [], []
-        for k in range(math.ceil(c.dc_teacher_pool / c.dc_n_reg)):
-            z0 = self.batch_latents(k, g) if c.dc_latents == 'batch' else self.instance_latents[:1]
-            zt, t, idx = self.regularization_batch(z0, k, g, scheduler)
+        for k in range(math.ceil(c.dc_teacher_pool / (c.dc_n_reg * processes))):
+            z0 = self.batch_latents(k, g, processes) if c.dc_latents == 'batch' else self.instance_latents[:1]
+            zt, t, idx = self.regularization_batch(z0, k, g, scheduler, processes)
             zs.append(zt); ts.append(t); ids.append(idx)
         n = c.dc_teacher_pool
         return torch.cat(zs)[:n], torch.cat(ts)[:n], torch.cat(ids)[:n]
@@ -919,20 +919,22 @@ def frozen_teacher(base_unet: nn.Module, device: torch.device, dtype: torch.dtyp
     # a weight-sharing copy converted by `.to`: no transient fp32 duplicate of the UNet on the host
     return _copy_sharing_weights(base_unet).to(device, dtype).eval().requires_grad_(False)
 
-def teacher_pool_recipe(config: TrainConfig, data: TrainingData, base_fingerprint: str, teacher_dtype: torch.dtype) -> dict:
-    "What determines DC's teacher pool [ours]: base model, teacher dtype, C_reg, the Z_reg source and its latents' content, r, pool size, seed."
-    c = config
+def teacher_pool_recipe(config: TrainConfig, data: TrainingData, base_fingerprint: str, teacher_dtype: torch.dtype,
+                        processes: int = 1) -> dict:
+    "What determines DC's teacher pool [ours]: base model, teacher dtype, C_reg, the Z_reg source and its latents' content, the global r and batch, pool size, seed."
+    c, n = config, processes
     return dict(base=base_fingerprint, dtype=str(teacher_dtype), prompts=data.reg_prompts, source=c.dc_latents,
-                latents=data.reg_latents_digest(), shape=list(data.instance_latents.shape[1:]), r=c.dc_n_reg, n=c.dc_teacher_pool,
-                seed=c.seed, batch=[c.train_batch_size, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
+                latents=data.reg_latents_digest(), shape=list(data.instance_latents.shape[1:]), r=c.dc_n_reg * n,
+                n=c.dc_teacher_pool, seed=c.seed,
+                batch=[c.train_batch_size * n, c.hflip, c.uses_prior] if c.dc_latents == 'batch' else None)
 
 def cached_teacher_pool(recipe: dict, data: TrainingData, scheduler, make_teacher, reg_embeds: Tensor, device: torch.device,
-                        source: str = 'the base model') -> TeacherPool:
+                        source: str = 'the base model', processes: int = 1) -> TeacherPool:
     "DC's teacher cache [ours]: read (verified) from the cache keyed by `recipe`, else drawn (`TrainingData.pool_samples`), run once through the teacher `make_teacher()` builds, and stored."
     path = cache_dir('dc_teacher') / f'{stable_hash(recipe)}.safetensors'; meta_path = path.with_suffix('.json')
     tensors = _read_verified(path, _read_meta(meta_path).get('sha256'))
     if tensors is None:
-        zt, t, idx = data.pool_samples(scheduler)
+        zt, t, idx = data.pool_samples(scheduler, processes)
         pool = teacher_pool(make_teacher(), zt.to(device), t.to(device), idx, reg_embeds)
         check_finite(pool.target, f'teacher UNet ({source})', 'the DC teacher pool')
         tensors = pool.tensors()
@@ -1072,10 +1074,11 @@ class Trainer:
         if not c.uses_dc: return
         make = lambda: frozen_teacher(self.base.unet, self.device, self._teacher_dtype)
         if not c.dc_teacher_pool: self.teacher = make(); return
-        recipe = teacher_pool_recipe(c, self.data, self.base_fingerprint, self._teacher_dtype or self.base.unet.dtype)
+        n = self.processes                                     # the pool of the global batch: the same for any split of it
+        recipe = teacher_pool_recipe(c, self.data, self.base_fingerprint, self._teacher_dtype or self.base.unet.dtype, n)
         with self.accelerator.main_process_first():
             self.pool = cached_teacher_pool(recipe, self.data, self.base.scheduler, make, self.reg_embeds, self.device,
-                                            f'base model {self.base.source}')
+                                            f'base model {self.base.source}', n)
 
     # ---- one step
     def _embed(self, prompts: list[str]) -> Tensor:

@@ -92,3 +92,27 @@ def test_the_launchers_mixed_precision_reaches_a_two_process_run(tmp_path):
     _launch(tmp_path / 'bf16', tmp_path / 'home', 2, '--set', 'training.settings.max_steps=1', mixed_precision='bf16')
     info = json.loads((_model(tmp_path / 'bf16') / 'run.json').read_text())
     assert info['config']['mixed_precision'] is None and info['identity']['config']['mixed_precision'] == 'bf16'
+
+
+@pytest.mark.parametrize('latents, pool', [('batch', 0), ('prior', 0), ('batch', 4)])
+def test_the_ranks_shares_make_the_global_batch(small, concept, tmp_path, latents, pool):
+    "Fast, in one process: the loss terms of ranks 0 and 1 of two (each keeping its share of the global draw) average to the terms one process of the doubled batch computes at the same weights."
+    from open_forgetting.core import torch_generator
+    from open_forgetting.train import Trainer, variant_config
+    kw = dict(max_steps=2, num_class_images=3, class_sampling_steps=2, dc_prompts='empty', progress=False, dc_latents=latents,
+              dc_teacher_pool=pool)
+    def moved(tr):                       # the same small move of every student away from θ0, so that DC is not 0
+        g = torch_generator(5)
+        with torch.no_grad():
+            for p in tr.student.unet.conv_out.parameters(): p.add_(0.05 * torch.randn(p.shape, generator=g))
+        return tr
+    one = moved(Trainer(small, concept, variant_config('dreambooth', 'dc', train_batch_size=2, dc_n_reg=4, **kw), tmp_path / 'one'))
+    want = {k: v.item() for k, v in one._forward().items()}
+    got = []
+    for rank in (0, 1):
+        tr = moved(Trainer(small, concept, variant_config('dreambooth', 'dc', train_batch_size=1, dc_n_reg=2, **kw), tmp_path / 'two'))
+        tr.rank, tr.processes = rank, 2; tr._setup_teacher()              # as process `rank` of two (its teacher pool too)
+        got.append({k: v.item() for k, v in tr._forward().items()})
+    assert want.keys() == got[0].keys() == {'inst', 'prior', 'dc'}
+    for k in want: assert (got[0][k] + got[1][k]) / 2 == pytest.approx(want[k], rel=1e-5, abs=1e-9), k
+    assert want['dc'] > 1e-4 and got[0]['inst'] != got[1]['inst'] and got[0]['dc'] != got[1]['dc']   # different samples
