@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, copy, csv, dataclasses, hashlib, importlib, json, math, numbers, os, random, re, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,16 +26,17 @@ from .losses import (training_target, loss_terms, total_loss,
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC',
-           'TRAINED_FILE', 'RUN_FILE', 'HISTORY_FILE', 'ACTIVATION_BYTES', 'ConceptSpec', 'dreambench_subjects',
-           'dreambench_prompts', 'instance_image_files', 'load_concept', 'load_instance_images', 'TrainConfig',
-           'CustomizationMethod', 'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding',
+           'TRAINED_FILE', 'RUN_FILE', 'HISTORY_FILE', 'ACTIVATION_BYTES', 'PARAMS_FILE', 'ConceptSpec',
+           'dreambench_subjects', 'dreambench_prompts', 'instance_image_files', 'load_concept', 'load_instance_images',
+           'TrainConfig', 'CustomizationMethod', 'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding',
            'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config', 'class_images',
            'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng',
            'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'activation_estimate',
            'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype', 'place_student', 'memory_plan',
            'TrainingData', 'shard_rows', 'training_data', 'frozen_teacher', 'teacher_pool_recipe',
            'cached_teacher_pool', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point',
-           'write_checkpoint', 'read_checkpoint', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
+           'check_checkpointable', 'register_trainable_state', 'seal_checkpoint', 'checkpoint_meta', 'Trainer',
+           'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -663,35 +664,17 @@ def _make_accelerator(config: TrainConfig, device: torch.device):
         AcceleratorState._reset_state(True)
         return Accelerator(**kw)
 
-def _rng_state(generator: torch.Generator) -> dict:
-    np_state = np.random.get_state()
-    d = dict(generator=generator.get_state(), torch=torch.get_rng_state(),
-             numpy_keys=torch.from_numpy(np_state[1].astype(np.int64)))
-    if torch.cuda.is_available(): d['cuda'] = torch.stack(torch.cuda.get_rng_state_all())
-    meta = dict(numpy=[np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                python=json.loads(json.dumps(random.getstate())))
-    return d, meta
-
-def _set_rng_state(generator: torch.Generator, d: dict, meta: dict) -> None:
-    generator.set_state(d['generator']); torch.set_rng_state(d['torch'])
-    if 'cuda' in d and torch.cuda.is_available(): torch.cuda.set_rng_state_all(list(d['cuda']))
-    n = meta['numpy']
-    np.random.set_state((n[0], d['numpy_keys'].numpy().astype(np.uint32), n[1], n[2], n[3]))
-    py = meta['python']; random.setstate((py[0], tuple(py[1]), py[2]))
-
 def save_rank_rng(folder: Path, rank: int, generator: torch.Generator) -> Path:
-    "Write this process's random state (its data generator, torch/CUDA, NumPy, Python) to `folder/rng_rank<rank>.pt`."
-    d, meta = _rng_state(generator)
+    "Write this process's data generator (every step draws from it) to `folder/rng_rank<rank>.pt`; `accelerator.save_state` writes the process's torch/CUDA, NumPy and Python states beside it."
     path = Path(folder) / f'rng_rank{rank}.pt'
-    torch.save(dict(**d, meta=json.dumps(meta)), path)
+    torch.save(dict(generator=generator.get_state()), path)
     return path
 
 def load_rank_rng(folder: Path, rank: int, generator: torch.Generator) -> bool:
-    "Restore the random state `save_rank_rng` wrote for `rank` (each process its own); False when the checkpoint has none for it."
+    "Restore the data generator `save_rank_rng` wrote for `rank` (each process its own); False when the checkpoint has none for it."
     path = Path(folder) / f'rng_rank{rank}.pt'
     if not path.exists(): return False
-    d = torch.load(path, weights_only=True)
-    _set_rng_state(generator, d, json.loads(d['meta']))
+    generator.set_state(torch.load(path, weights_only=True)['generator'])
     return True
 
 # %% ../nbs/05_train.ipynb #c8279fc7
@@ -975,30 +958,43 @@ def resume_point(run_dir: str | Path) -> Path | None:
         if checkpoint_intact(p): return p
     return None
 
-def write_checkpoint(folder: Path, state: dict[str, Tensor], optimizer_state: dict, meta: dict, keep: int = 1) -> Path:
-    "Complete the checkpoint being written in `folder` (`.../step_N.tmp`, which may already hold the processes' random states): parameters, optimizer, state.json (`meta` and every file's SHA-256); renamed to `step_N` at once, the newest `keep` kept."
+PARAMS_FILE = 'trainable.safetensors'
+
+def check_checkpointable(state: dict[str, Tensor], step: int, run_dir: str | Path) -> None:
+    "`NonFiniteLossError` naming the last good checkpoint when a trained parameter is NaN or inf: such a state is never checkpointed."
+    if all(torch.isfinite(v).all() for v in state.values()): return
+    last = checkpoint_dirs(run_dir)
+    raise NonFiniteLossError(f"Trainable parameters are not finite at step {step}; not checkpointing. "
+                             f"Last good checkpoint: {last[-1] if last else None}.")
+
+def register_trainable_state(accelerator, trained_state: Callable[[], dict[str, Tensor]],
+                             load_trained: Callable[[dict[str, Tensor]], None]) -> tuple:
+    "Hooks that make `accelerator.save_state`/`load_state` write and read only the trained parameters, as `trainable.safetensors` (the diffusers training scripts' pattern), not every weight of the models it prepared."
+    def save_hook(models, weights, output_dir):
+        weights.clear()                                 # accelerate then writes no model_N.safetensors
+        if accelerator.is_main_process:
+            save_file({k: v.cpu() for k, v in trained_state().items()}, Path(output_dir) / PARAMS_FILE)
+    def load_hook(models, input_dir):
+        models.clear()                                  # accelerate then loads no model weights: these instead
+        load_trained(load_file(Path(input_dir) / PARAMS_FILE))
+    return accelerator.register_save_state_pre_hook(save_hook), accelerator.register_load_state_pre_hook(load_hook)
+
+def seal_checkpoint(folder: Path, meta: dict, keep: int = 1) -> Path:
+    "Complete the checkpoint `accelerator.save_state` wrote into `folder` (`.../step_N.tmp`): state.json (`meta` and every file's SHA-256), renamed to `step_N` at once; the newest `keep` kept."
     final = folder.with_name(folder.name.removesuffix('.tmp'))
-    run_dir = final.parent.parent
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        shutil.rmtree(folder, ignore_errors=True)
-        last = checkpoint_dirs(run_dir)
-        raise NonFiniteLossError(f"Trainable parameters are not finite at step {meta.get('step')}; not checkpointing. "
-                                 f"Last good checkpoint: {last[-1] if last else None}.")
-    save_file({k: v.cpu() for k, v in state.items()}, folder / 'trainable.safetensors')
-    torch.save(dict(optimizer=optimizer_state), folder / 'optimizer.pt')
     sums = {p.name: file_sha256(p) for p in sorted(folder.iterdir())}     # parameters, optimizer, every process's RNG
     atomic_save_json({**meta, 'sha256': sums}, folder / 'state.json')
     shutil.rmtree(final, ignore_errors=True); folder.rename(final)
-    for old in checkpoint_dirs(run_dir)[:-max(1, keep)]: shutil.rmtree(old)
+    for old in checkpoint_dirs(final.parent.parent)[:-max(1, keep)]: shutil.rmtree(old)
     return final
 
-def read_checkpoint(path: str | Path, identity_key: str) -> tuple[dict[str, Tensor], dict, dict]:
-    "(trained parameters, optimizer state, state.json) of a checkpoint; ValueError when another run (other identity key) wrote it."
+def checkpoint_meta(path: str | Path, identity_key: str) -> dict:
+    "A checkpoint's state.json (step, history, SHA-256 sums); ValueError when another run (other identity key) wrote it."
     path = Path(path); meta = load_json(path / 'state.json')
     if meta.get('identity_key') != identity_key:
         raise ValueError(f"Checkpoint {path} was written by a different run (other settings, concept images or base model); "
                          "use another out_dir or delete its checkpoints folder.")
-    return (load_file(path / 'trainable.safetensors'), torch.load(path / 'optimizer.pt', weights_only=True)['optimizer'], meta)
+    return meta
 
 # %% ../nbs/05_train.ipynb #4b29944b
 class Trainer:
@@ -1042,6 +1038,8 @@ class Trainer:
         self.unet = acc.prepare(self.student.unet)            # accelerate: autocast for mixed precision, DDP on several processes
         self.text_encoder = acc.prepare(self.student.text_encoder) if self.trains_te else self.student.text_encoder
         self.optimizer = acc.prepare(self.optimizer)
+        register_trainable_state(acc, lambda: self.method.trained_state(self.student),   # checkpoints: the trained parameters only
+                                 lambda state: self.method.load_trained(self.student, state))
 
     def _setup_student(self):
         "The student (`build_student`) on the device (`place_student`), its trained parameters, and the memory plan (printed)."
@@ -1156,27 +1154,28 @@ class Trainer:
         dirs = checkpoint_dirs(self.run_dir); return dirs[-1] if dirs else None
 
     def save_checkpoint(self) -> Path:
-        "Save trainable parameters, optimizer, history and every process's own RNG state (atomically: a checkpoint is complete or absent). Call it on every process."
+        "`accelerator.save_state` (the trained parameters, optimizer, each process's torch/NumPy/Python RNG) and each process's data generator, sealed by state.json (atomically: a checkpoint is complete or absent). Call it on every process."
         acc = self.accelerator
+        check_checkpointable(self.method.trained_state(self.student), self.step, self.run_dir)   # same parameters on every process
         tmp = self.run_dir / 'checkpoints' / f'step_{self.step:06d}.tmp'
-        if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+        if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
+        acc.save_state(tmp, safe_serialization=True)
         save_rank_rng(tmp, self.rank, self.generator)          # each process its own generator (seeded seed + rank)
         acc.wait_for_everyone()
         if acc.is_main_process:
             meta = dict(step=self.step, identity_key=self.identity_key, history=self.history, n_processes=acc.num_processes)
-            write_checkpoint(tmp, self.method.trained_state(self.student), self.optimizer.state_dict(), meta,
-                             self.config.keep_checkpoints)
+            seal_checkpoint(tmp, meta, self.config.keep_checkpoints)
         acc.wait_for_everyone()
         return tmp.with_name(tmp.name.removesuffix('.tmp'))
 
     def load_checkpoint(self, path: str | Path) -> None:
-        "Restore the state saved by `save_checkpoint`, each process its own random state (the run continues exactly where it stopped)."
-        state, optimizer_state, meta = read_checkpoint(path, self.identity_key)
-        self.method.load_trained(self.student, state)
-        self.optimizer.load_state_dict(optimizer_state)
+        "Restore the state saved by `save_checkpoint` (`accelerator.load_state`), each process its own random states: the run continues exactly where it stopped."
+        path = Path(path); meta = checkpoint_meta(path, self.identity_key)
+        self.accelerator.load_state(path)
         self.step, self.history = meta['step'], meta['history']
-        if not load_rank_rng(path, self.rank, self.generator):
+        own = (path / f'random_states_{self.accelerator.process_index}.pkl').exists()
+        if not (load_rank_rng(path, self.rank, self.generator) and own):
             warnings.warn(f"Checkpoint {path} holds no random state for process {self.rank} (it was written by "
                           f"{meta.get('n_processes')} process(es)); this process continues with a fresh generator.")
             self.generator.manual_seed(int(stable_hash([self.config.seed, self.rank, self.step], 15), 16))
