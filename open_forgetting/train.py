@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #d4477c0a
 from __future__ import annotations
-import contextlib, copy, csv, dataclasses, hashlib, importlib, json, math, numbers, os, random, re, shutil, time, warnings
+import contextlib, copy, csv, dataclasses, hashlib, importlib, json, logging, math, numbers, os, random, re, shutil, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +26,7 @@ from .losses import (training_target, loss_terms, total_loss,
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC',
-           'TRAINED_FILE', 'RUN_FILE', 'HISTORY_FILE', 'ACTIVATION_BYTES', 'PARAMS_FILE', 'ConceptSpec',
+           'TRAINED_FILE', 'RUN_FILE', 'HISTORY_FILE', 'logger', 'ACTIVATION_BYTES', 'PARAMS_FILE', 'ConceptSpec',
            'dreambench_subjects', 'dreambench_prompts', 'instance_image_files', 'load_concept', 'load_instance_images',
            'TrainConfig', 'CustomizationMethod', 'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding',
            'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config', 'class_images',
@@ -234,6 +234,8 @@ class TrainConfig:
     validation_steps: int = 25
     validation_guidance_scale: float = 7.5
     progress: bool = True
+    log_with: tuple[str, ...] | None = None  # accelerate trackers, e.g. ('tensorboard',) or ('all',): the loss terms of every
+                                           # step, under run_dir/logs; each only when its package is installed; None: none
 
     def __post_init__(self):
         _check_field_types(self)
@@ -306,10 +308,10 @@ TRAIN_CONFIG_GROUPS = {
     'method_specific': ('train_text_encoder', 'train_identifier_embedding', 'text_encoder_lr_scale', 'modifier_token',
                         'initializer_token', 'lora_rank', 'lora_alpha', 'lora_targets', 'method_settings'),
     # engineering: memory, time and bookkeeping, not the result (recomputing activations, sharing frozen weights,
-    # checkpoints, validation images, the progress bar), hence not part of a run's identity
+    # checkpoints, validation images, the progress bar, trackers), hence not part of a run's identity
     'engineering': ('gradient_checkpointing', 'share_frozen_weights', 'device', 'checkpoint_every', 'keep_checkpoints',
                     'keep_checkpoints_when_done', 'validation_every', 'validation_prompts', 'validation_steps',
-                    'validation_guidance_scale', 'progress')}
+                    'validation_guidance_scale', 'progress', 'log_with')}
 _ENGINEERING_FIELDS = set(TRAIN_CONFIG_GROUPS['engineering'])
 
 def _prompt_file_digest(path: str | None) -> str:
@@ -653,10 +655,29 @@ class BaseModelMismatchError(ValueError):
 
 TRAINED_FILE, RUN_FILE, HISTORY_FILE = 'trained.safetensors', 'run.json', 'history.csv'
 
-def _make_accelerator(config: TrainConfig, device: torch.device):
+logger = logging.getLogger('open_forgetting.train')      # the memory plan, resumes and each run's summary (main process only)
+
+class _UntilConfigured(logging.Handler):
+    "Prints records on the current `sys.stdout` (a notebook's output, a terminal) while the application has configured no logging of its own (no root handler); once it has, records reach only its handlers [ours]."
+    def emit(self, record):
+        if not logging.getLogger().handlers: print(self.format(record), file=sys.stdout, flush=True)
+
+if not any(type(h).__name__ == '_UntilConfigured' for h in logger.handlers): logger.addHandler(_UntilConfigured())
+if logger.level == logging.NOTSET: logger.setLevel(logging.INFO)
+
+def _trackers(config: TrainConfig, extra: Sequence = ()) -> list | None:
+    "accelerate's `log_with`: the named trackers of `config.log_with` that are installed (a warning names the others) and `extra` `GeneralTracker`s; None for none."
+    from accelerate.tracking import get_available_trackers
+    names, available = list(config.log_with or ()), {str(t) for t in get_available_trackers()}
+    if missing := [n for n in names if n != 'all' and n not in available]:
+        warnings.warn(f"log_with: tracker(s) {missing} not installed (e.g. `pip install tensorboard`); training logs without them.")
+    return [n for n in names if n not in missing] + list(extra) or None
+
+def _make_accelerator(config: TrainConfig, device: torch.device, project_dir: str | Path | None = None, trackers: Sequence = ()):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
-    kw = dict(mixed_precision=config.effective_mixed_precision, cpu=device.type == 'cpu')
+    kw = dict(mixed_precision=config.effective_mixed_precision, cpu=device.type == 'cpu',
+              log_with=_trackers(config, trackers), project_dir=project_dir)
     try: return Accelerator(**kw)
     except ValueError:
         # a notebook or benchmark running several configs in one (non-distributed) process: start accelerate afresh
@@ -1000,7 +1021,7 @@ def checkpoint_meta(path: str | Path, identity_key: str) -> dict:
 class Trainer:
     "One customization run of `concept` on a copy of `base` with `config`; `run()` trains and saves, `train_step()` does one step."
     def __init__(self, base: Components, concept: ConceptSpec, config: TrainConfig, run_dir: str | Path,
-                 base_fingerprint: str | None = None):
+                 base_fingerprint: str | None = None, trackers: Sequence = ()):
         if not isinstance(concept, ConceptSpec): raise TypeError(f"concept must be a ConceptSpec, got {type(concept).__name__}.")
         if concept.instance_dir is None: raise ValueError(f"ConceptSpec {concept.name!r} has no instance_dir (folder of its images).")
         self.base, self.concept, self.config, self.run_dir = base, concept, config, Path(run_dir)
@@ -1014,12 +1035,14 @@ class Trainer:
         self.step, self.history = 0, []
         self.identity = run_identity(self.base_fingerprint, concept, config)
         self.identity_key = stable_hash(self.identity)
-        self._setup()
+        self._setup(trackers)
 
     # ---- setup: everything that happens once per run, each part a function of its own above
-    def _setup(self):
+    def _setup(self, trackers: Sequence = ()):
         c = self.config
-        self.accelerator = acc = _make_accelerator(c, get_device(c.device))
+        self.accelerator = acc = _make_accelerator(c, get_device(c.device), self.run_dir / 'logs', trackers)
+        acc.init_trackers(f'{c.method}-{c.variant}-{self.concept.name}',      # none unless `log_with` or `trackers` name some
+                          config={k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in c.to_dict().items()})
         self.device, self.rank, self.processes = acc.device, acc.process_index, acc.num_processes
         if self.base.unet.device.type != self.device.type:
             warnings.warn(f"The base model is on {self.base.unet.device} but training runs on {self.device}: instance/class latents "
@@ -1054,7 +1077,7 @@ class Trainer:
         if self.memory['gradient_checkpointing']:
             self.student.unet.enable_gradient_checkpointing()
             if self.trains_te: self.student.text_encoder.gradient_checkpointing_enable()
-        if self.accelerator.is_main_process: print(self.memory['summary'], flush=True)
+        if self.accelerator.is_main_process: logger.info(self.memory['summary'])
 
     def _setup_prompts(self):
         "Prompts encoded once with the frozen encoder (the student's own encoding only where its text encoder trains): instance, class, C_reg."
@@ -1145,6 +1168,7 @@ class Trainer:
         if self.processes > 1: vals = self.accelerator.reduce(torch.stack([v.detach().float() for v in vals]), 'mean')   # global batch
         out = {'step': self.step, **{k: v.item() for k, v in zip(['loss', *terms], vals)}}
         self.history.append(out)
+        self.accelerator.log({k: v for k, v in out.items() if k != 'step'}, step=self.step)   # the trackers', main process only
         return out
 
     # ---- checkpoints (the functions above; every process calls these)
@@ -1203,8 +1227,10 @@ class Trainer:
         with self.accelerator.main_process_first(): last = self.resume_point()   # the main process sets damaged ones aside
         if last is not None: self.load_checkpoint(last)
         else: self.method.on_train_start(self)
+        main = self.accelerator.is_main_process
+        if last is not None and main: logger.info(f'{self.run_dir}: resuming at step {self.step} ({last.name})')
         bar = tqdm(total=c.max_steps, initial=self.step, desc=f'{c.method}/{c.variant} {self.concept.name}',
-                   disable=not (c.progress and self.accelerator.is_main_process))   # one bar, the main process's
+                   disable=not (c.progress and main))               # one bar, the main process's
         while self.step < c.max_steps:
             out = self.train_step()
             bar.update(1); bar.set_postfix({k: f'{v:.4f}' for k, v in out.items() if k != 'step'})
@@ -1216,8 +1242,11 @@ class Trainer:
         # raise the peak of the final save, so they go first (a later `run` with more steps restarts them)
         getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()
         self._on_main(self.save)
-        if not c.keep_checkpoints_when_done and self.accelerator.is_main_process:
+        if not c.keep_checkpoints_when_done and main:
             shutil.rmtree(self.run_dir / 'checkpoints', ignore_errors=True)   # (DreamBooth checkpoints of SD are ~10 GB)
+        for tracker in self.accelerator.trackers: tracker.finish()   # (not `end_training`: it ends the process group)
+        if main: logger.info(f'{c.method}/{c.variant} {self.concept.name}: {self.step} steps, final '
+                             f"{', '.join(f'{k} {v:.4g}' for k, v in (self.history or [{}])[-1].items() if k != 'step')}; saved in {self.run_dir}")
         return self.run_dir
 
     def _on_main(self, fn):

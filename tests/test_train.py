@@ -290,3 +290,44 @@ def test_v_prediction_model_with_min_snr_weighting(concept, prompt_file, tmp_pat
     tr = Trainer(v_model, concept, cfg('lora', prompt_file=prompt_file, snr_gamma=5.0), tmp_path)
     out = tr.train_step()
     assert all(np.isfinite(v) for v in out.values()) and out['dc'] < 1e-10
+
+
+# ---- issue 19: progress through logging and accelerate's trackers, on the main process
+def test_a_tracker_receives_every_steps_loss_terms_and_the_config(small, concept, prompt_file, tmp_path, caplog):
+    from accelerate.tracking import GeneralTracker
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory = 'recorder', False
+        def __init__(self): super().__init__(); self.logged, self.config, self.finished = [], None, False
+        @property
+        def tracker(self): return self
+        def store_init_configuration(self, values): self.config = values
+        def log(self, values, step=None, **kwargs): self.logged.append((step, dict(values)))
+        def finish(self): self.finished = True
+    caplog.set_level('INFO', logger='open_forgetting.train')
+    c = cfg('lora', 'dc_pr', prompt_file, max_steps=3, snr_gamma=5.0)
+    rec = Recorder()
+    tr = Trainer(small, concept, c, tmp_path, trackers=[rec]); tr.run()
+    assert rec.logged == [(h['step'], {k: v for k, v in h.items() if k != 'step'}) for h in tr.history]
+    assert [s for s, _ in rec.logged] == [1, 2, 3] and set(rec.logged[0][1]) == {'loss', 'inst', 'dc'}
+    assert rec.config['lambda_dc'] == c.lambda_dc and rec.config['snr_gamma'] == 5.0 and rec.finished
+    assert f'lora/dc_pr {concept.name}: 3 steps, final loss' in caplog.text          # the run's summary is a log record
+    # log_with=None (the default): no tracker, nothing to install
+    assert c.log_with is None and Trainer(small, concept, c, tmp_path / 'b').accelerator.trackers == []
+
+def test_log_records_print_until_the_application_configures_logging(monkeypatch, capsys):
+    import logging
+    record = logging.LogRecord('open_forgetting.train', logging.INFO, __file__, 1, 'memory: a line', None, None)
+    monkeypatch.setattr(logging.getLogger(), 'handlers', [])                 # an application that configured nothing
+    T._UntilConfigured().handle(record)
+    assert capsys.readouterr().out == 'memory: a line\n'
+    monkeypatch.setattr(logging.getLogger(), 'handlers', [logging.NullHandler()])   # one that did: its handlers only
+    T._UntilConfigured().handle(record)
+    assert capsys.readouterr().out == ''
+    assert any(isinstance(h, T._UntilConfigured) for h in logging.getLogger('open_forgetting.train').handlers)
+
+def test_a_tracker_that_is_not_installed_is_named_and_skipped(small, concept, prompt_file, tmp_path):
+    from accelerate.tracking import get_available_trackers
+    if 'tensorboard' in {str(t) for t in get_available_trackers()}: pytest.skip('tensorboard is installed here')
+    with pytest.warns(UserWarning, match=r"\['tensorboard'\] not installed"):
+        tr = Trainer(small, concept, cfg('lora', 'plain', prompt_file, log_with=('tensorboard',)), tmp_path)
+    assert tr.accelerator.trackers == [] and tr.train_step()['step'] == 1
