@@ -161,6 +161,7 @@ def finetune_decoder(vae: AutoencoderKL, images_u8: torch.Tensor, config: Pretra
 # %% ../nbs/10_pretrain_miniworld.ipynb #04690269
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
+    "EMA step θ_ema ← d·θ_ema + (1 − d)·θ [ours]. Hand-written, not diffusers' `EMAModel`: with this schedule's settings (no warm-up, `update_after_step=0`, `min_decay=0`) EMAModel's first update uses decay 0 where ours uses 1/10 (the example below), so it would change the shipped base model's weights."
     for pe, p in zip(ema.parameters(), model.parameters()): pe.lerp_(p, 1 - decay)
 
 def _save_checkpoint(components: Components, ema_unet, out: Path, record: dict):
