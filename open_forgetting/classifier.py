@@ -27,10 +27,10 @@ from .data import (ClassificationDataset, as_classification_dataset, load_prompt
 # %% auto #0
 __all__ = ['LOSSES', 'SCHEDULES', 'MEMORY_FRACTION', 'ClassifierConfig', 'schedule_for', 'timestep_grid', 'stage_timesteps',
            'evaluations_per_image', 'paired_noise', 'prefix_modules', 'PrefixSharing', 'ImageResult',
-           'classify_latents', 'classify_latent', 'image_group_size', 'memory_cap', 'measure_batch_size',
-           'auto_batch_size', 'preprocess_image', 'CompiledOrEager', 'merge_shards', 'run_key', 'classify',
-           'classify_models', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'drift_report', 'table1',
-           'score_drift', 'class_scores', 'predict_proba', 'fit_temperature']
+           'classify_latents', 'classify_latent', 'image_group_size', 'memory_cap', 'busy_cpu_load',
+           'measure_batch_size', 'auto_batch_size', 'preprocess_image', 'CompiledOrEager', 'merge_shards', 'run_key',
+           'classify', 'classify_models', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'drift_report',
+           'table1', 'score_drift', 'class_scores', 'predict_proba', 'fit_temperature']
 
 # %% ../nbs/03_classifier.ipynb #574c6771
 LOSSES = ('l1', 'l2', 'huber')
@@ -298,11 +298,18 @@ def _time_call(fn, repeats: int = 2) -> float:
 
 _BATCH_MEMO: dict[str, dict] = {}
 
+def busy_cpu_load(device: torch.device, factor: float = 1.5) -> float | None:
+    "[ours] The 1-minute load average when `device` is a CPU busier than `factor` × its cores (a timing taken then says more about the other jobs than about the batch size), else None."
+    if device.type != 'cpu' or not hasattr(os, 'getloadavg'): return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    return load if load > factor * cores else None
+
 @torch.inference_mode()
 def measure_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
                        dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
                        measure: bool = True, refresh: bool = False) -> dict:
-    "The fastest UNet batch and its memory per sample on this device: `{batch_size, bytes_per_sample, samples_per_s}`, measured once per (device, threads, UNet config, shapes) and cached on disk."
+    "The fastest UNet batch and its memory per sample on this device: `{batch_size, bytes_per_sample, samples_per_s}`, measured once per (device, threads, UNet config, shapes) and cached on disk; a measurement taken on a busy CPU (`busy_cpu_load`) is used for this process only and measured again next time."
     dev = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
     key = stable_hash(dict(v=2, device=dev, threads=torch.get_num_threads(), unet=getattr(unet, 'config', type(unet).__name__),
                            latent=list(latent_shape), text=list(text_shape), dtype=str(dtype)))
@@ -328,7 +335,13 @@ def measure_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[i
         if seconds > max_call_s or rates[b] < 0.8 * best_rate or 2 * b * per_sample > budget: break
     r = dict(batch_size=best, bytes_per_sample=per_sample, samples_per_s={str(k): v for k, v in rates.items()}, device=dev,
              threads=torch.get_num_threads())
-    atomic_save_json(r, path); _BATCH_MEMO[key] = r
+    busy = busy_cpu_load(device)
+    if busy is None: atomic_save_json(r, path)
+    else:
+        r['busy_load'] = busy     # not written to disk: under load the search stops early at small batches (seen: 16 where 64+ is best)
+        warnings.warn(f"classify: the UNet batch size was measured on a busy CPU (load average {busy:.1f}); batch {best} is used "
+                      "in this process only and is measured again in the next one. Set batch_size to choose it yourself.", stacklevel=2)
+    _BATCH_MEMO[key] = r
     return r
 
 def auto_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
