@@ -680,8 +680,10 @@ def _make_accelerator(config: TrainConfig, device: torch.device, project_dir: st
               log_with=_trackers(config, trackers), project_dir=project_dir)
     try: return Accelerator(**kw)
     except ValueError:
-        # a notebook or benchmark running several configs in one (non-distributed) process: start accelerate afresh
-        if PartialState._shared_state and PartialState().num_processes > 1: raise
+        # A notebook or benchmark running configs of other mixed precision in one (non-distributed) process: accelerate's
+        # state is process-wide and refuses a change once made. accelerate (1.15) has no public way to start it afresh:
+        # `AcceleratorState._reset_state` is the only one (its own test scripts use it), hence this one private call.
+        if PartialState().num_processes > 1: raise       # (the state exists by now: this reads it, public API)
         AcceleratorState._reset_state(True)
         return Accelerator(**kw)
 
