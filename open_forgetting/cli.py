@@ -173,7 +173,9 @@ def train_command(args) -> int:
     check_cell(study, None, args.concept, args.method, args.variant)
     run_dir = Path(args.run_dir) if args.run_dir else study.run_dir()
     folder = ensure_customized(study, run_dir, args.concept, args.method, args.variant)
-    print(f"open-forgetting train: {args.concept} {args.method}-{args.variant} -> {folder}")
+    from accelerate import PartialState
+    if PartialState().is_main_process:                # one result line, not one per process of `accelerate launch`
+        print(f"open-forgetting train: {args.concept} {args.method}-{args.variant} -> {folder}")
     return 0
 
 def _train_command(sub) -> None:

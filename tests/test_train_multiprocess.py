@@ -64,7 +64,7 @@ def test_two_processes_train_what_one_process_of_the_global_batch_trains_and_res
     one = _launch(tmp_path / 'one', home, 1, '--set', 'training.settings.train_batch_size=2',
                   '--set', 'drift_correction.settings.dc_n_reg=4')
     two = _launch(tmp_path / 'two', home, 2)
-    assert one.stdout.count('open-forgetting train: heart_emblem') == 1 and two.stdout.count('open-forgetting train: heart_emblem') == 2
+    assert one.stdout.count('open-forgetting train: heart_emblem') == 1 and two.stdout.count('open-forgetting train: heart_emblem') == 1
     a, b = _weights(tmp_path / 'one'), _weights(tmp_path / 'two')
     assert a.keys() == b.keys()
     # equal up to the order of fp32 sums (measured: at most 5.4e-7 apart); a different batch would move a weight by about
