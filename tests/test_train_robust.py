@@ -327,3 +327,18 @@ def test_unreadable_run_json_is_set_aside_and_the_run_retrained(small, concept, 
     with pytest.warns(UserWarning, match='run.json is damaged'): again = customize(small, concept, c, run)
     new = load_file(again / 'trained.safetensors')
     assert all(torch.equal(new[k], ref[k]) for k in ref) and json.loads((run / 'run.json').read_text())['steps'] == 2
+
+
+# ---- issue 19: checkpoints through accelerator.save_state, with hooks that keep only the trained parameters
+def test_a_checkpoint_is_accelerates_state_with_only_the_trained_parameters(small, concept, prompt_file, tmp_path):
+    from open_forgetting.core import file_sha256
+    tr = Trainer(small, concept, cfg('lora', 'dc', prompt_file, max_steps=4), tmp_path)
+    tr.train_step(); ckpt = tr.save_checkpoint()
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == ['optimizer.bin', 'random_states_0.pkl', 'rng_rank0.pt', 'state.json', 'trainable.safetensors']   # no model_0
+    trained = tr.method.trained_state(tr.student)
+    saved = load_file(ckpt / 'trainable.safetensors')
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k].cpu()) for k in saved)
+    assert len(saved) < len(tr.student.unet.state_dict())                       # LoRA's adapters, not the UNet
+    sums = json.loads((ckpt / 'state.json').read_text())['sha256']
+    assert sums == {n: file_sha256(ckpt / n) for n in names if n != 'state.json'}
