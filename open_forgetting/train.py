@@ -978,6 +978,9 @@ def checkpoint_intact(path: Path) -> bool:
 def resume_point(run_dir: str | Path) -> Path | None:
     "The newest intact checkpoint of `run_dir` (damaged newer ones are set aside), or None: where a run resumes."
     for p in reversed(checkpoint_dirs(run_dir)):
+        if not (p / 'optimizer.bin').exists():            # written before checkpoints went through accelerate's save_state
+            warnings.warn(f"Checkpoint {p} was written by an older open_forgetting (no accelerate state); not resumed.")
+            continue
         if checkpoint_intact(p): return p
     return None
 

@@ -342,3 +342,12 @@ def test_a_checkpoint_is_accelerates_state_with_only_the_trained_parameters(smal
     assert len(saved) < len(tr.student.unet.state_dict())                       # LoRA's adapters, not the UNet
     sums = json.loads((ckpt / 'state.json').read_text())['sha256']
     assert sums == {n: file_sha256(ckpt / n) for n in names if n != 'state.json'}
+
+def test_a_checkpoint_of_the_older_format_is_not_resumed(small, concept, prompt_file, tmp_path):
+    from open_forgetting.train import resume_point
+    c = cfg('lora', 'dc', prompt_file, max_steps=2)
+    tr = Trainer(small, concept, c, tmp_path); tr.train_step(); ckpt = tr.save_checkpoint()
+    (ckpt / 'optimizer.bin').rename(ckpt / 'optimizer.pt')                  # the layout before accelerate's save_state
+    with pytest.warns(UserWarning, match='older open_forgetting'): assert resume_point(tmp_path) is None
+    with pytest.warns(UserWarning, match='older open_forgetting'): again = customize(small, concept, c, tmp_path)   # from step 0
+    assert _same_weights(customize(small, concept, c, tmp_path / 'fresh'), again)
