@@ -122,6 +122,10 @@ def write_study(args, root: Path, base: Path, encoder: str, dino: str) -> Path:
         'classification.datasets': {'stl10': {'n_per_class': 1, 'classifier': {'to_keep': [1], 'n_samples': [1], 'resolution': args.classifier_resolution}}},
         'concepts.root': str(root / 'concepts' / 'dreambench'), 'concepts.names': ['dog'],
         'training.methods': args.methods.split(','), 'training.variants': args.variants.split(','), 'training.settings': train,
+        # HyperMod's data-free self-initialization is 500 steps of batch 4 at the native resolution by default (hours on a
+        # CPU at full size): micro counts for it too
+        'training.per_method': {'hypermod': {'method_settings': {'self_init': {'steps': args.steps, 'batch_size': 1, 'eval_batch_size': 1,
+                                                                                'prompt_limit': 2}}}},
         'seeds': {'paired': [0], 'control': [100], 'diversity': [0, 1]},
         'appearance': {'encoder': encoder, 'dino': dino, 'kid_features': 'encoder', 'n_generic_prompts': 2,
                        'generation': {'scheduler': 'ddim', 'steps': 2, 'guidance_scale': 7.5, 'height': args.generation_resolution,
