@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .core import DamagedFileError, atomic_save_json, atomic_write, load_json, repo_root, stable_hash
+from .core import DamagedFileError, atomic_save_json, atomic_write, file_sha256, load_json, repo_root, stable_hash
 from .runner import MEASUREMENTS, check_marker, write_marker
 from .study import RunLayout, check_choice, drift_tables, table1_text
 
@@ -155,7 +155,7 @@ def _read_manifest(path: Path) -> dict:
         raise DamagedFileError(f"{path} is not a published-cell manifest (no 'experiments' object): restore it with `git checkout -- {path}`.")
     return m
 
-def _sha(path: Path) -> str: return hashlib.sha256(path.read_bytes()).hexdigest()
+
 
 # %% ../nbs/19_results.ipynb #deb396f8
 def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, seed: int | None = None, dest: str | Path | None = None,
@@ -187,7 +187,7 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
         for name in data:
             target = out / e / name
             if not target.exists(): actions.append((e, name, 'written'))
-            elif _sha(target) == entry['files'][name]['sha256']: actions.append((e, name, 'unchanged'))
+            elif file_sha256(target) == entry['files'][name]['sha256']: actions.append((e, name, 'unchanged'))
             else: actions.append((e, name, 'replaced')); conflicts.append(f'{target} differs from {src / e / name}')
         for p in result_files(out / e, ()):
             if p.name not in data: actions.append((e, p.name, 'removed')); conflicts.append(f'{p} is published but not in the run')
@@ -260,7 +260,7 @@ def load_results(dest: str | Path | None = None) -> dict[str, pd.DataFrame]:
             for name, info in sorted(entry.get('files', {}).items()):
                 f = path.parent / e / name
                 if not f.exists(): raise DamagedFileError(f"{f} is listed in {path} but missing: restore it from git or republish the cell.")
-                if _sha(f) != info['sha256']:
+                if file_sha256(f) != info['sha256']:
                     raise DamagedFileError(f"{f} differs from what {path} records (sha256 {info['sha256'][:12]}...): restore it with "
                                            f"`git checkout -- {f}`, or republish the cell with overwrite=True.")
                 try: df = pd.read_csv(f)
