@@ -299,7 +299,8 @@ class MiniClip(nn.Module):
         super().__init__()
         self.config, self.name = config, name
         from open_forgetting.models import build_clip_tokenizer
-        self.tokenizer = build_clip_tokenizer(list(config.words), model_max_length=config.max_length)
+        self.tokenizer = build_clip_tokenizer(list(config.words), model_max_length=config.max_length,
+                                              chained=True)  # the legacy merges the shipped MiniClip was trained with
         layers, cin = [], 3
         for i, ch in enumerate(config.image_channels):
             layers += [nn.Conv2d(cin, ch, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(8, ch), nn.SiLU(),

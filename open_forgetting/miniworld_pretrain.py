@@ -22,13 +22,19 @@ from .miniworld import (world_item, render, random_caption, world_vocabulary, Ca
                                        MiniClipConfig, pil_to_tensor, miniworld_base_path, miniworld_clip_path)
 
 # %% auto #0
-__all__ = ['PretrainConfig', 'render_world', 'build_miniworld_components', 'train_vae', 'finetune_decoder', 'train_unet',
-           'pretrain_base', 'ClipPretrainConfig', 'pretrain_clip', 'write_manifest', 'main']
+__all__ = ['PretrainConfig', 'render_world', 'build_miniworld_components', 'train_vae', 'finetune_decoder', 'state_folder',
+           'train_unet', 'adherence_check', 'pretrain_base', 'ClipPretrainConfig', 'pretrain_clip', 'write_manifest',
+           'main']
 
 # %% ../nbs/10_pretrain_miniworld.ipynb #5211e5a0
+def _jsonable(obj):
+    if isinstance(obj, dict): return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [_jsonable(v) for v in obj]
+    return obj
+
 @dataclass
 class PretrainConfig:
-    "Every setting of the miniworld base-model pretraining (the defaults are the shipped recipe)."
+    "Every setting of the miniworld base-model pretraining (the defaults are the second base's recipe; `first()` is the first's)."
     seed: int = 0
     n_images: int = 12000
     # VAE (first stage)
@@ -41,28 +47,49 @@ class PretrainConfig:
     decoder_batch: int = 32
     decoder_lr: float = 5e-4
     # text encoder
-    text_dim: int = 64
+    text_dim: int = 128
     text_layers: int = 2
+    text_heads: int = 4
     max_tokens: int = 16
+    chained_merges: bool = False  # True: the legacy tokenizer merges of the first base (`models._chained_merges`; 'triangle' took 7 tokens)
     # UNet (second stage)
-    unet_channels: tuple = (32, 64, 96)
+    unet_channels: tuple = (48, 96, 144)
     attention_head_dim: int = 16
-    steps: int = 3000
-    batch_size: int = 32
+    steps: int = 6000
+    batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 200
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     captions: CaptionConfig = field(default_factory=CaptionConfig)
-    checkpoint_every: int = 250
+    # how the run is carried out (none of these changes the weights; they are left out of `weights_hash`)
+    checkpoint_every: int = 250   # save the EMA model and the resumable training state every this many UNet steps
+    eval_every: int = 1000        # the oracle's prompt adherence of the EMA model every this many steps (0: never)
+    eval_seeds: int = 4           # generations per prompt in that check
     time_budget_s: float | None = None  # stop the UNet stage early (and say so in the record) after this many seconds
-    threads: int | None = 1  # one thread: on a shared, busy CPU two OpenMP threads thrash
+    threads: int | None = None    # torch threads (None: torch's default, every core); the first base used 1 on a shared CPU
+
+    def weights_hash(self) -> str:
+        "Hash of every setting that changes the weights (a resumed run must match it)."
+        run = ('checkpoint_every', 'eval_every', 'eval_seeds', 'time_budget_s', 'threads')
+        return stable_hash({k: v for k, v in _jsonable(asdict(self)).items() if k not in run})
+
+    def first_stage_hash(self) -> str:
+        "Hash of the settings that change the VAE (stages 2 and 4): a resumed run reuses that stage when it matches."
+        return stable_hash({k: v for k, v in _jsonable(asdict(self)).items() if k in ('seed', 'n_images', 'kl_weight') or k.startswith(('vae_', 'decoder_'))})
+
+    @classmethod
+    def first(cls, **kw) -> 'PretrainConfig':
+        "The first shipped base's recipe (its stage 3 then ran `continue --steps 1500`; data/miniworld/README.md)."
+        return cls(**{**dict(text_dim=64, chained_merges=True, unet_channels=(32, 64, 96), steps=3000, batch_size=32,
+                             eval_every=0, threads=1), **kw})
 
     @classmethod
     def quick(cls, **kw) -> 'PretrainConfig':
         "A seconds-long version of the recipe (for tests and for trying the code)."
         return cls(**{**dict(n_images=64, vae_channels=(8, 16), vae_steps=3, vae_batch=8, decoder_steps=2, decoder_batch=4, text_dim=16, unet_channels=(8, 16),
-                             steps=3, batch_size=8, warmup_steps=1, checkpoint_every=2), **kw})
+                             steps=3, batch_size=8, warmup_steps=1, checkpoint_every=2, eval_every=3, eval_seeds=1), **kw})
+
 
 # %% ../nbs/10_pretrain_miniworld.ipynb #f0d2e6b0
 def render_world(n: int, seed: int = 0) -> tuple[torch.Tensor, list]:
@@ -73,10 +100,10 @@ def render_world(n: int, seed: int = 0) -> tuple[torch.Tensor, list]:
 def build_miniworld_components(config: PretrainConfig) -> Components:
     "Untrained SD-architecture components of the miniworld base model (seeded)."
     torch.manual_seed(config.seed)
-    tokenizer = build_clip_tokenizer(world_vocabulary(), model_max_length=config.max_tokens)
+    tokenizer = build_clip_tokenizer(world_vocabulary(), model_max_length=config.max_tokens, chained=config.chained_merges)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=config.text_dim, intermediate_size=2 * config.text_dim,
-        num_hidden_layers=config.text_layers, num_attention_heads=4, max_position_embeddings=config.max_tokens,
+        num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads, max_position_embeddings=config.max_tokens,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     ch = tuple(config.unet_channels)
     groups = min(8, ch[0])
@@ -174,9 +201,44 @@ def _save_checkpoint(components: Components, ema_unet, out: Path, record: dict):
     if out.exists(): shutil.rmtree(out)
     tmp.rename(out)
 
+def state_folder(out: str | Path) -> Path:
+    "Where a run saving into `out` keeps what it needs to resume (`<out>.state/`; deleted when the run completes)."
+    out = Path(out); return out.with_name(out.name + '.state')
+
+def _save_state(path: Path, nets: dict, opt: torch.optim.Optimizer, g: torch.Generator, rng: np.random.Generator, meta: dict):
+    "Weights, AdamW moments and both RNG states in one safetensors file (the rest as JSON in its metadata), replaced atomically."
+    from safetensors.torch import save_file
+    t = {f'{n}.{k}': v.detach().contiguous() for n, m in nets.items() for k, v in m.state_dict().items()}
+    osd = opt.state_dict()
+    t.update({f'opt.{i}.{k}': v.contiguous() for i, s in osd['state'].items() for k, v in s.items()})
+    t['generator'] = g.get_state()
+    meta = {**meta, 'param_groups': osd['param_groups'], 'numpy_rng': rng.bit_generator.state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    save_file(t, str(tmp), metadata={'state': json.dumps(meta)})
+    os.replace(tmp, path)
+
+def _load_state(path: Path, nets: dict, opt: torch.optim.Optimizer, g: torch.Generator, rng: np.random.Generator) -> dict:
+    "Restore what `_save_state` wrote into `nets`, `opt`, `g` and `rng`; returns the metadata."
+    from safetensors import safe_open
+    with safe_open(str(path), 'pt') as f:
+        meta, t = json.loads(f.metadata()['state']), {k: f.get_tensor(k) for k in f.keys()}
+    for n, m in nets.items(): m.load_state_dict({k[len(n) + 1:]: v for k, v in t.items() if k.startswith(n + '.')})
+    state = {}
+    for k, v in t.items():
+        if k.startswith('opt.'): _, i, name = k.split('.', 2); state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({'state': state, 'param_groups': meta.pop('param_groups')})
+    g.set_state(t['generator']); rng.bit_generator.state = meta.pop('numpy_rng')
+    return meta
+
+def _check_same_recipe(saved: str, config: PretrainConfig, where: Path):
+    if saved != config.weights_hash():
+        raise RuntimeError(f"{where} holds a run of another recipe (weights hash {saved}, this one {config.weights_hash()}); "
+                           f"resume with the same settings, or delete {where.parent} to start afresh.")
+
 def train_unet(components: Components, images_u8: torch.Tensor, items: list, config: PretrainConfig,
-               out: Path | None = None, record: dict | None = None, log=print) -> dict:
-    "Jointly train text encoder and UNet (ε-prediction, SD schedule) on the world's captioned images; EMA UNet."
+               out: Path | None = None, record: dict | None = None, log=print, evaluate=None) -> dict:
+    "Jointly train text encoder and UNet (ε-prediction, SD schedule) on the world's captioned images; EMA UNet. With `out`: checkpoints there, and resumes from `state_folder(out)`. `evaluate(components) -> dict` runs on the EMA model every `config.eval_every` steps (`record['eval_curve']`)."
     vae, unet, te, tok, sched = components.vae, components.unet, components.text_encoder, components.tokenizer, components.scheduler
     with torch.no_grad():
         dists = [vae.encode(_to_pm1(b)).latent_dist for b in images_u8.split(256)]
@@ -189,9 +251,15 @@ def train_unet(components: Components, images_u8: torch.Tensor, items: list, con
     g = torch.Generator().manual_seed(config.seed + 2)
     rng = np.random.default_rng(config.seed + 3)
     acp = sched.alphas_cumprod
-    t0, losses, step = time.time(), [], 0
-    record = dict(record or {})
-    for step in tqdm(range(config.steps), desc='unet', mininterval=30):
+    record, losses, start, wall_before = dict(record or {}), [], 0, 0.0
+    state = state_folder(out) / 'unet.safetensors' if out is not None else None
+    if state is not None and state.is_file():
+        meta = _load_state(state, dict(unet=unet, te=te, ema=ema), opt, g, rng)
+        _check_same_recipe(meta['weights_hash'], config, state)
+        start, losses, wall_before, record = meta['step'], meta['losses'], meta['wall_s'], meta['record']
+        log(f"resuming the UNet stage at step {start} of {config.steps} ({wall_before:.0f} s done) from {state}")
+    t0 = time.time() - wall_before
+    for step in tqdm(range(start, config.steps), desc='unet', initial=start, total=config.steps, mininterval=30):
         for grp in opt.param_groups: grp['lr'] = _lr_at(step, config.lr, config.warmup_steps, config.steps)
         idx = torch.randint(len(mean), (config.batch_size,), generator=g)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
@@ -209,44 +277,82 @@ def train_unet(components: Components, images_u8: torch.Tensor, items: list, con
         losses.append(loss.item())
         elapsed = time.time() - t0
         done = step + 1 == config.steps or (config.time_budget_s is not None and elapsed > config.time_budget_s)
+        if evaluate is not None and config.eval_every and ((step + 1) % config.eval_every == 0 or done):
+            te.eval()
+            found = evaluate(Components(ema, vae, te, tok, sched, source=f'pretraining step {step + 1}'))
+            te.train(); record.setdefault('eval_curve', []).append(dict(step=step + 1, wall_s=round(elapsed, 1), **found))
+            log(f"unet step {step + 1}: {found}")
         if (step + 1) % config.checkpoint_every == 0 or done:
-            record.update(unet_steps_done=step + 1, unet_final_loss=float(np.mean(losses[-100:])), unet_wall_s=elapsed,
+            record.update(unet_steps_done=step + 1, unet_final_loss=float(np.mean(losses[-100:])), unet_wall_s=time.time() - t0,
                           stopped_early=bool(step + 1 < config.steps), loss_curve=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)])
             log(f"unet step {step + 1} loss {record['unet_final_loss']:.4f} ({elapsed:.0f} s)")
             if out is not None:
                 te.eval(); _save_checkpoint(components, ema, out, record); te.train()
+                _save_state(state, dict(unet=unet, te=te, ema=ema), opt, g, rng,
+                            dict(step=step + 1, losses=losses, wall_s=time.time() - t0, record=record, weights_hash=config.weights_hash()))
         if done: break
     unet.eval().requires_grad_(False); te.eval().requires_grad_(False)
     components.unet = ema
     return record
 
 # %% ../nbs/10_pretrain_miniworld.ipynb #b0ebc131
-def pretrain_base(config: PretrainConfig = PretrainConfig(), out: str | Path | None = None, log=print) -> tuple[Components, dict]:
-    "Run the whole recipe (render, VAE, text encoder + UNet); save into `out` (checkpoints on the way) when given."
+def adherence_check(n_seeds: int = 4):
+    "The check run while pretraining: the oracle's prompt adherence (`oracle.sample_adherence`) of a model on the world's generic prompts and on the shape and colour task prompts, `n_seeds` generations each."
+    def evaluate(components: Components) -> dict:
+        from open_forgetting.oracle import sample_adherence
+        from open_forgetting.miniworld import generic_prompts, TASKS, TASK_TEMPLATES
+        gen = sample_adherence(components, generic_prompts(), n_seeds)
+        found = dict(generic_adherence=gen['adherent'].mean(), generic_shape=gen['match_shape'].mean(), generic_colour=gen['match_colour'].mean())
+        for task in ('shape', 'colour'):
+            t = sample_adherence(components, [TASK_TEMPLATES[task].format(w) for w in TASKS[task]], n_seeds)
+            found[f'{task}_prompts'] = t[f'match_{task}'].mean()
+        return {k: round(float(v), 4) for k, v in found.items()}
+    return evaluate
+
+def _first_stage(vae: AutoencoderKL, images: torch.Tensor, config: PretrainConfig, out: Path | None, log=print) -> tuple[AutoencoderKL, dict]:
+    "Stages 2 and 4: the VAE, then its decoder alone (the encoder, hence every latent the UNet sees, is fixed after stage 2). With `out`, kept in `state_folder(out)/vae` and reused by a resumed run."
+    saved = state_folder(out) / 'vae' if out is not None else None
+    if saved is not None and (saved / 'stage.json').is_file():
+        rec = json.loads((saved / 'stage.json').read_text())
+        if rec.pop('first_stage_hash') != config.first_stage_hash():
+            raise RuntimeError(f"{saved} holds a VAE of other settings; resume with the same settings, or delete {saved.parent} to start afresh.")
+        log(f"VAE and decoder stages reused from {saved}")
+        vae.load_state_dict(AutoencoderKL.from_pretrained(saved).state_dict())   # into the model built here: its config stays as built
+        vae.register_to_config(scaling_factor=rec['vae_scaling_factor'])
+        return vae.eval().requires_grad_(False), rec
+    rec = train_vae(vae, images, config, log)
+    if config.decoder_steps: rec.update(finetune_decoder(vae, images, config, log))
+    if saved is not None:
+        tmp = saved.with_name('vae.tmp'); shutil.rmtree(tmp, ignore_errors=True)
+        vae.save_pretrained(tmp); atomic_save_json({**rec, 'first_stage_hash': config.first_stage_hash()}, tmp / 'stage.json')
+        shutil.rmtree(saved, ignore_errors=True); tmp.rename(saved)
+    return vae, rec
+
+def pretrain_base(config: PretrainConfig = PretrainConfig(), out: str | Path | None = None, log=print, evaluate=None) -> tuple[Components, dict]:
+    "Run the whole recipe (render; VAE and decoder; text encoder + UNet) and save it into `out` (checkpoints on the way). Rerun after an interruption, it resumes from `state_folder(out)`; with a `time_budget_s` it stops early and a rerun with a larger budget continues."
     if config.threads: torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     t0 = time.time()
     images, items = render_world(config.n_images, config.seed)
-    log(f"rendered {len(images)} images in {time.time() - t0:.0f} s")
+    render_s = time.time() - t0
+    log(f"rendered {len(images)} images in {render_s:.0f} s")
     comps = build_miniworld_components(config)
-    record = dict(recipe=_jsonable(asdict(config)), recipe_hash=stable_hash(_jsonable(asdict(config))), torch=torch.__version__,
-                  threads=torch.get_num_threads())
-    record.update(train_vae(comps.vae, images, config, log))
     out = Path(out) if out is not None else None
-    record = train_unet(comps, images, items, config, out, record, log)
-    if config.decoder_steps: record.update(finetune_decoder(comps.vae, images, config, log))
-    record['total_wall_s'] = time.time() - t0
+    record = dict(recipe=_jsonable(asdict(config)), recipe_hash=config.weights_hash(), torch=torch.__version__,
+                  threads=torch.get_num_threads(), render_wall_s=render_s)
+    comps.vae, first = _first_stage(comps.vae, images, config, out, log)
+    record.update(first)
+    if evaluate is None and config.eval_every: evaluate = adherence_check(config.eval_seeds)
+    record = train_unet(comps, images, items, config, out, record, log, evaluate)
+    # compute time of every stage (a resumed run leaves out the time between its pieces)
+    record['total_wall_s'] = sum(record.get(k) or 0.0 for k in ('render_wall_s', 'vae_wall_s', 'decoder_wall_s', 'unet_wall_s'))
     comps.source = str(out) if out else 'miniworld (in memory)'
     comps.eval()
     if out is not None:
         record['fingerprint'] = comps.fingerprint()
         _save_checkpoint(comps, comps.unet, out, record)
+        if not record['stopped_early']: shutil.rmtree(state_folder(out), ignore_errors=True)
     return comps, record
-
-def _jsonable(obj):
-    if isinstance(obj, dict): return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return [_jsonable(v) for v in obj]
-    return obj
 
 # %% ../nbs/10_pretrain_miniworld.ipynb #89cd7ef8
 @dataclass
@@ -331,17 +437,18 @@ def main(argv=None):
     p.add_argument('--time-budget', type=float, default=None, help='stop the UNet stage after this many seconds')
     p.add_argument('--steps', type=int, default=None, help='UNet steps (default: the recipe)')
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--first', action='store_true', help="the first shipped base's recipe (`PretrainConfig.first()`) instead of the current one")
     a = p.parse_args(argv)
     full = a.full or os.environ.get('OPEN_FORGETTING_PRETRAIN', '').lower() == 'full'
     root = Path(a.out) if a.out else (repo_root() / 'data' / 'miniworld' if full else Path(tempfile.mkdtemp(prefix='miniworld_quick_')))
     log = lambda *m: print(*m, flush=True)
     if a.what in ('base', 'all'):
-        cfg = PretrainConfig() if full else PretrainConfig.quick()
+        cfg = (PretrainConfig.first() if a.first else PretrainConfig()) if full else PretrainConfig.quick()
         cfg = replace(cfg, time_budget_s=a.time_budget, threads=a.threads or cfg.threads, **({'steps': a.steps} if a.steps else {}))
         _, rec = pretrain_base(cfg, out=root / 'base', log=log)
         log(json.dumps({k: v for k, v in rec.items() if k not in ('recipe', 'loss_curve')}, indent=1))
     if a.what == 'decoder':
-        cfg = PretrainConfig() if full else PretrainConfig.quick()
+        cfg = (PretrainConfig.first() if a.first else PretrainConfig()) if full else PretrainConfig.quick()
         cfg = replace(cfg, threads=a.threads or cfg.threads)
         if cfg.threads: torch.set_num_threads(cfg.threads)
         comps = load_components(root / 'base', dtype='fp32', device='cpu')
@@ -352,7 +459,7 @@ def main(argv=None):
         _save_checkpoint(comps, comps.unet, root / 'base', rec)
         log(json.dumps({k: v for k, v in rec.items() if k not in ('recipe', 'loss_curve')}, indent=1))
     if a.what == 'continue':
-        base_cfg = PretrainConfig() if full else PretrainConfig.quick()
+        base_cfg = (PretrainConfig.first() if a.first else PretrainConfig()) if full else PretrainConfig.quick()
         cfg = replace(base_cfg, seed=base_cfg.seed + 1, steps=a.steps or base_cfg.steps // 2, lr=a.lr or base_cfg.lr / 2,
                       warmup_steps=50 if full else 1, threads=a.threads or base_cfg.threads, time_budget_s=a.time_budget)
         if cfg.threads: torch.set_num_threads(cfg.threads)

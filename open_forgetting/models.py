@@ -151,7 +151,8 @@ def _openai_clip_merges() -> list[tuple[str, str]]:
     lines = gzip.open(str(path)).read().decode('utf-8').split('\n')
     return [tuple(l.split()) for l in lines[1:49152 - 256 - 2 + 1]]
 
-def _word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+def _chained_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    "Legacy merges: each word's left-to-right chain, in alphabetical order of the words. Under BPE's rank order they can clash (`ring`'s `r i` outranks `triangle`'s `t r`), so some words split: 'purple' takes 3 tokens, 'triangle' 7. Kept only because the first miniworld base and `MiniClip` were trained with it."
     merges, seen = [], set()
     for w in sorted({w.lower() for w in words if w}):
         syms = [c for c in w[:-1]] + [w[-1] + '</w>']
@@ -161,10 +162,20 @@ def _word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
             cur = cur + s
     return merges
 
-def build_clip_tokenizer(words: Sequence[str] | None = None, model_max_length: int = 77) -> CLIPTokenizer:
-    "The OpenAI CLIP tokenizer (`words=None`, 49,408 tokens, from open_clip's shipped BPE) or a compact one spelling `words` whole."
+def _word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    "BPE merges learned from `words` (each counted once) by the `tokenizers` library's trainer: with no vocabulary limit it merges until every word is one token, and BPE's rank order then reproduces that spelling."
+    from tokenizers import Tokenizer, models as tok_models, trainers, pre_tokenizers
+    tk = Tokenizer(tok_models.BPE(end_of_word_suffix='</w>'))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.train_from_iterator(sorted({w.lower() for w in words if w}),
+                           trainers.BpeTrainer(vocab_size=1_000_000, min_frequency=1, end_of_word_suffix='</w>', show_progress=False))
+    return [tuple(m) if isinstance(m, list) else tuple(m.split(' ')) for m in json.loads(tk.to_str())['model']['merges']]
+
+def build_clip_tokenizer(words: Sequence[str] | None = None, model_max_length: int = 77, chained: bool = False) -> CLIPTokenizer:
+    "The OpenAI CLIP tokenizer (`words=None`, 49,408 tokens, from open_clip's shipped BPE) or a compact one spelling each of `words` as one token (`chained=True`: the legacy merges of `_chained_merges`)."
     symbols = list(_bytes_to_unicode().values())
-    merges = _openai_clip_merges() if words is None else _word_merges([w for s in words for w in s.split()])
+    if words is not None: words = [w for s in words for w in s.split()]
+    merges = _openai_clip_merges() if words is None else (_chained_merges if chained else _word_merges)(words)
     vocab = symbols + [s + '</w>' for s in symbols]
     vocab += [''.join(m) for m in merges if ''.join(m) not in set(vocab)] if words is not None else [''.join(m) for m in merges]
     vocab += ['<|startoftext|>', '<|endoftext|>']

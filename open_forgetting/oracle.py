@@ -26,7 +26,7 @@ __all__ = ['NOVEL_SHAPES', 'NOVEL_TEXTURES', 'ORACLE_CLASSES', 'ATTRIBUTES', 'UN
            'render_items', 'AugmentConfig', 'augment', 'OracleConfig', 'Oracle', 'OracleTrainConfig',
            'class_probabilities', 'predict', 'oracle_accuracy', 'train_oracle', 'heldout_report', 'save_oracle',
            'oracle_path', 'load_oracle', 'shipped_oracle', 'read_images', 'prompt_attributes', 'adherence_table',
-           'prompt_adherence', 'pair_generations', 'ground_truth_drift', 'ground_truth_fidelity']
+           'prompt_adherence', 'sample_adherence', 'pair_generations', 'ground_truth_drift', 'ground_truth_fidelity']
 
 # %% ../nbs/18_oracle.ipynb #0d1e32a5
 NOVEL_SHAPES = tuple(dict.fromkeys(c.shape for c in NOVEL_CONCEPTS.values()))
@@ -281,7 +281,10 @@ def _with_reads(manifest: pd.DataFrame, oracle: Oracle | None, min_confidence: f
 def adherence_table(manifest: pd.DataFrame, oracle: Oracle | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
     "Per generation: the oracle's reading and whether it matches each attribute the prompt asks (NaN where not asked)."
     _need(manifest, ['model', 'prompt', 'seed', 'path'], 'prompt adherence')
-    t = _with_reads(manifest, oracle, min_confidence)
+    return _matches(_with_reads(manifest, oracle, min_confidence))
+
+def _matches(t: pd.DataFrame) -> pd.DataFrame:
+    "Add `match_<attribute>` (1/0, NaN where the prompt does not ask) and `adherent` to a table of prompts and `read_*` columns."
     asked = [prompt_attributes(p) for p in t['prompt']]
     for a in ATTRIBUTES:
         t[f'match_{a}'] = [float(r == q[a]) if a in q else np.nan for r, q in zip(t[f'read_{a}'], asked)]
@@ -295,6 +298,17 @@ def prompt_adherence(manifest: pd.DataFrame, oracle: Oracle | None = None, min_c
     cols = ['adherent'] + [f'match_{a}' for a in ATTRIBUTES]
     out = t.groupby('model', sort=False)[cols].mean().rename(columns=lambda c: c.replace('match_', '').replace('adherent', 'adherence'))
     return out.assign(n=t.groupby('model', sort=False)['adherent'].count()).reset_index()
+
+def sample_adherence(components, prompts: Sequence[str], n_seeds: int = 4, settings=None, oracle: Oracle | None = None,
+                     batch_size: int = 64) -> pd.DataFrame:
+    "`adherence_table` for `n_seeds` generations (seeds 0..n-1) of each prompt, sampled in memory: no files, no cache (for checking a model while it trains). [ours]"
+    from open_forgetting.generate import GenerationSettings, sample
+    settings = settings or GenerationSettings(steps=30, guidance_scale=3.0)
+    jobs = [(p, s) for p in prompts for s in range(n_seeds)]
+    images = torch.cat([sample(components, [p for p, _ in b], [s for _, s in b], settings)
+                        for b in (jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size))])
+    reads = read_images(images, oracle).add_prefix('read_')
+    return _matches(pd.concat([pd.DataFrame(jobs, columns=['prompt', 'seed']), reads], axis=1))
 
 # %% ../nbs/18_oracle.ipynb #fb17e7e9
 def pair_generations(base: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:

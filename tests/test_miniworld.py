@@ -107,7 +107,7 @@ def test_shipped_base_round_trip():
         assert got[k]['head'] == pytest.approx(ref[k]['head'], rel=1e-3, abs=1e-5)
     # the shipped tokenizer is the compact one over the world's vocabulary, and spells every caption reversibly
     from open_forgetting.models import build_clip_tokenizer
-    fresh = build_clip_tokenizer(mw.world_vocabulary(), model_max_length=comps.tokenizer.model_max_length)
+    fresh = build_clip_tokenizer(mw.world_vocabulary(), model_max_length=comps.tokenizer.model_max_length, chained=True)
     assert comps.tokenizer.get_vocab() == fresh.get_vocab()
     for cap in [mw.world_item(i).caption for i in range(20)] + list(mw.world_vocabulary()):
         ids = comps.tokenizer(cap).input_ids
