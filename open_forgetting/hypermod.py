@@ -548,6 +548,11 @@ if _CustomizationMethod is not None:
             if trainer.accelerator.is_main_process:
                 atomic_save_json(self.run_info(), Path(trainer.run_dir) / self.report_file)
 
+        def setup_cost(self) -> tuple[str, int] | None:
+            "Self-initialization, cached per settings: per step a frozen pass (1) and the modulated UNet's forward and backward (3) per sample, plus the mismatch before and after (2 passes of the evaluation batch, twice)."
+            si = self.settings()[1]
+            return (stable_hash(self.identity()), si.steps * si.batch_size * 4 + 4 * si.eval_batch_size) if si.steps > 0 else None
+
         def identity(self) -> dict:
             "The HyperMod and self-initialization settings (they change the trained result but are not TrainConfig fields; progress left out)."
             hm, si = self.settings()

@@ -510,10 +510,13 @@ def _training_evals(cfg) -> int:
 
 def plan_stages(study: Study, experiments: Sequence[str] = ('global_drift', 'local_drift', 'diversity')) -> pd.DataFrame:
     "One row per stage: grid cells, UNet evaluations and images, from the study alone (nothing is loaded but prompts)."
+    from open_forgetting.train import get_method
     cells = [(c, m, v) for c in study.concepts.names for m in study.training.methods for v in study.training.variants]
     g, rows = study.generation_settings(), []
     train = [train_config(study, m, v) for _, m, v in cells]
     rows.append(dict(stage='training', cells=len(cells), evaluations=sum(_training_evals(t) for t in train), images=0))
+    setups = dict(c for c in (get_method(t).setup_cost() for t in train) if c)   # e.g. HyperMod's self-initialization: once per key
+    if setups: rows.append(dict(stage='method setup (cached)', cells=len(setups), evaluations=sum(setups.values()), images=0))
     n_class = {(c, t.num_class_images, t.class_sampling_steps, t.class_guidance_scale) for (c, _, _), t in zip(cells, train) if t.needs_class_images}
     rows.append(dict(stage='class images', cells=len(n_class), images=sum(n for _, n, _, _ in n_class),
                      evaluations=sum(n * s * (2 if gs > 1 else 1) for _, n, s, gs in n_class)))

@@ -392,6 +392,10 @@ class CustomizationMethod:
         "Settings of this method that change the trained result but are not TrainConfig fields: part of a run's identity (default: none)."
         return {}
 
+    def setup_cost(self) -> tuple[str, int] | None:
+        "(cache key, UNet forward-equivalents) of work this method does once before training and caches for every run with the same key (default: none); `study.plan` counts each key once."
+        return None
+
 METHODS: dict[str, type[CustomizationMethod]] = {}
 
 def register_method(name: str, cls: type[CustomizationMethod]) -> type[CustomizationMethod]:
