@@ -23,7 +23,8 @@ IDENTITY = {'base': dict(method='base', variant='none'), TUNED: dict(method='tun
 
 def audit_study(base: str | None, study: str | Study | None = None, overrides: Mapping | None = None) -> Study:
     "The study an audit measures with: `study` (default: `miniworld` for the embedded base, else `sd15`) with `model.base` = `base`."
-    name = study or ('miniworld' if base in (None, 'miniworld') else 'sd15')
+    from open_forgetting.world import world_for_base
+    name = study or world_for_base(base).default_study
     return load_study(name, {**({'model.base': str(base)} if base else {}), **(overrides or {})})
 
 def load_pair(study: Study, tuned: str | Path, scale: float = 1.0, token: str | None = None):

@@ -366,14 +366,11 @@ def plot_top_k_generations(manifest: pd.DataFrame, table: pd.DataFrame, title: s
     return image_grid(rows, col_titles=prompts, title=title)
 
 # %% ../nbs/16_drift_map.ipynb #5929ae85
-def load_model_pair(base: str, tuned: str) -> tuple[Components, Components]:
-    "(base, tuned) Components from the command's arguments: base 'miniworld'/hub id/folder; tuned a run folder or a model folder."
+def load_model_pair(study, tuned: str) -> tuple[Components, Components]:
+    "(base, tuned) Components: the base `study.model` names, loaded by its world; tuned a run folder or a model folder."
     from open_forgetting.models import load_components
     from open_forgetting.train import load_customized, RUN_FILE
-    if base == 'miniworld':
-        from open_forgetting.miniworld import load_miniworld_base
-        b = load_miniworld_base()
-    else: b = load_components(base)
+    b = study.world.load_base(study.model)
     t = Path(tuned).expanduser()
     if (t / RUN_FILE).exists(): return b, load_customized(b, t)
     return b, load_components(t)
@@ -384,10 +381,11 @@ def drift_map_command(base: str, tuned: str, vocabulary: str, out_dir: str | Pat
     "Load the two models, map the vocabulary, write drift_map.csv, drift_map.png/pdf and top_k.png/pdf to `out_dir` [ours]."
     from open_forgetting.study import load_study
     from open_forgetting.plots import save_figure
-    b, t = load_model_pair(base, tuned)
+    from open_forgetting.world import world_for_base
     # the study of the base's world gives the sampler and the pool prompts (the miniworld's own captions: SD-style
     # prompts are outside its vocabulary)
-    S = load_study(study or ('miniworld' if base == 'miniworld' else 'sd15'), check_paths=False)
+    S = load_study(study or world_for_base(base).default_study, {'model.base': base}, check_paths=False)
+    b, t = load_model_pair(S, tuned)
     settings, pool = S.generation_settings(), tuple(S.world.generic_prompts(S)[:16])
     config = DriftMapConfig(n_samples=n_samples, latents=latents, pool_prompts=pool, generation=settings, batch_size=batch_size)
     table = drift_map(b, t, vocabulary, template, config, progress=progress)

@@ -244,10 +244,10 @@ def check_study_paths(study: Study) -> Study:
         if not Path(path).expanduser().exists():
             raise StudyError(f"study {study.name!r}: {key} = {str(path)!r}: no such {what}. Fix: point {key!r} at an existing {what}.")
     base = study.model.base
-    if base != 'miniworld':
+    if not study.world.embeds(base):
         if base.startswith(('/', '.', '~')) or base.endswith('.safetensors') or Path(base).expanduser().exists(): need('model.base', base, 'folder or file')
         else: _check_hub_cache(study, base)
-    if study.world.name != 'miniworld':
+    if study.world.reads_data_folders:
         if study.classification.datasets:
             if study.classification.root is None: raise StudyError(f"study {study.name!r}: classification.root is not set. Fix: set it to the folder holding {sorted(study.classification.datasets)}.")
             for d in study.classification.datasets: need(f'classification.root (dataset {d!r})', Path(study.classification.root).expanduser() / d, 'folder')

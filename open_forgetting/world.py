@@ -15,13 +15,19 @@ from .core import data_path
 from .classifier import ClassifierConfig, schedule_for
 
 # %% auto #0
-__all__ = ['TEST_SPLIT_SIZES', 'World', 'register_world', 'get_world', 'MiniWorld', 'miniworld_dc_prompt_file',
-           'concept_identification', 'StableDiffusionWorld']
+__all__ = ['DEFAULT_WORLD', 'TEST_SPLIT_SIZES', 'World', 'register_world', 'get_world', 'world_for_base', 'MiniWorld',
+           'miniworld_dc_prompt_file', 'concept_identification', 'StableDiffusionWorld']
 
 # %% ../nbs/13a_world.ipynb #39be1d24
 class World:
     "What a study needs from a world: base model, encoder, classification sets, concepts, prompts, KID features."
     name: str = 'world'
+    default_study: str = 'sd15'       # the shipped study a command measures this world's models with when none is named
+    reads_data_folders: bool = True   # datasets and concepts come from folders the study names (checked before anything runs)
+
+    def embeds(self, base: str) -> bool:
+        "True when `base` names a model this world ships inside the package (nothing to find on disk or the hub)."
+        return False
 
     def check(self, study) -> None:
         "Raise `ValueError` naming the study key when the study asks for something this world does not have."
@@ -101,6 +107,13 @@ def get_world(name: str) -> World:
     if name not in _WORLDS: raise ValueError(f"world={name!r} is unknown; registered worlds: {sorted(_WORLDS)} (add one with register_world).")
     return _WORLDS[name]
 
+DEFAULT_WORLD = 'miniworld'   # the embedded world: what runs when no model is named
+
+def world_for_base(base: str | None) -> World:
+    "The registered world that ships the model `base` names (None: the embedded default's), else Stable Diffusion's (a hub id, folder or checkpoint)."
+    if base is None: return get_world(DEFAULT_WORLD)
+    return next((w for w in _WORLDS.values() if w.embeds(base)), get_world('stable_diffusion'))
+
 # %% ../nbs/13a_world.ipynb #2354a692
 def _write_once(folder: Path, write) -> Path:
     "Write a folder with `write(tmp_parent)` and rename it into place, so a reader never sees half a folder."
@@ -114,6 +127,10 @@ def _write_once(folder: Path, write) -> Path:
 class MiniWorld(World):
     "The embedded miniature world (`09_miniworld`): procedural images, its own base model and CLIP-style encoder."
     name = 'miniworld'
+    default_study = 'miniworld'
+    reads_data_folders = False   # it renders its images and concepts
+
+    def embeds(self, base): return base == 'miniworld'   # data/miniworld/base
 
     def check(self, study):
         from open_forgetting.miniworld import NOVEL_CONCEPTS, TASKS
@@ -128,7 +145,7 @@ class MiniWorld(World):
     def load_base(self, model):
         from open_forgetting.miniworld import load_miniworld_base
         from open_forgetting.models import load_components
-        if model.base == 'miniworld': return load_miniworld_base(dtype=model.dtype or 'fp32')
+        if self.embeds(model.base): return load_miniworld_base(dtype=model.dtype or 'fp32')
         return load_components(model.base, dtype=model.dtype)   # a re-trained miniworld base
     def load_encoder(self, study):
         from open_forgetting.miniworld import load_miniworld_clip
