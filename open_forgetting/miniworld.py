@@ -21,12 +21,12 @@ from .core import data_path, get_device, get_dtype, stable_hash
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'TEXTURES', 'BACKGROUNDS', 'GENERIC_NOUN', 'IDENTIFIERS', 'IMAGE_SIZE', 'SHAPE_MASKS', 'TASKS',
-           'TASK_TEMPLATES', 'MINIWORLD_DATASETS', 'NOVEL_CONCEPTS', 'REFERENCE_PROMPTS', 'WorldItem', 'render',
-           'sample_item', 'world_item', 'CaptionConfig', 'random_caption', 'world_vocabulary', 'miniworld_prompts',
-           'MiniWorldDataset', 'miniworld_dataset', 'NovelConcept', 'concept_images', 'write_concept_folder',
-           'concept_heldout_views', 'generic_prompts', 'related_prompts', 'miniworld_base_path', 'load_miniworld_base',
-           'MiniClipConfig', 'MiniClip', 'miniworld_clip_path', 'load_miniworld_clip', 'reference_outputs',
-           'clip_reference_outputs', 'pil_to_tensor']
+           'TASK_TEMPLATES', 'MINIWORLD_DATASETS', 'NOVEL_CONCEPTS', 'MINIWORLD_BASES', 'REFERENCE_PROMPTS',
+           'WorldItem', 'render', 'sample_item', 'world_item', 'CaptionConfig', 'random_caption', 'world_vocabulary',
+           'miniworld_prompts', 'MiniWorldDataset', 'miniworld_dataset', 'NovelConcept', 'concept_images',
+           'write_concept_folder', 'concept_heldout_views', 'generic_prompts', 'related_prompts', 'miniworld_base_path',
+           'load_miniworld_base', 'MiniClipConfig', 'MiniClip', 'miniworld_clip_path', 'load_miniworld_clip',
+           'reference_outputs', 'clip_reference_outputs', 'pil_to_tensor']
 
 # %% ../nbs/09_miniworld.ipynb #6dfab09b
 SHAPES = ('circle', 'square', 'triangle', 'diamond', 'cross', 'ring', 'star', 'bar')
@@ -271,14 +271,17 @@ def related_prompts(name: str) -> list[str]:
             *(f"a {s}" for s in c.neighbours), *(f"a {c.colour} {s}" for s in c.neighbours)]
 
 # %% ../nbs/09_miniworld.ipynb #96bd9a6f
-def miniworld_base_path() -> Path:
-    "Folder of the shipped miniworld base model (diffusers layout)."
-    return data_path('miniworld', 'base')
+MINIWORLD_BASES = {'miniworld': 'base', 'miniworld-2': 'base-2'}   # a study's `model.base` name -> folder in data/miniworld
 
-def load_miniworld_base(dtype: str | torch.dtype | None = 'fp32', device: str | torch.device | None = None):
-    "The pretrained miniworld base model as `models.Components` (through `models.load_components`)."
+def miniworld_base_path(name: str = 'miniworld') -> Path:
+    "Folder of a shipped miniworld base model (diffusers layout): `miniworld`, the first (the demo's), or `miniworld-2`, pretrained by `PretrainConfig()` (data/miniworld/README.md)."
+    if name not in MINIWORLD_BASES: raise ValueError(f"miniworld base {name!r} is unknown; the shipped ones are {sorted(MINIWORLD_BASES)}.")
+    return data_path('miniworld', MINIWORLD_BASES[name])
+
+def load_miniworld_base(dtype: str | torch.dtype | None = 'fp32', device: str | torch.device | None = None, name: str = 'miniworld'):
+    "A pretrained miniworld base model as `models.Components` (through `models.load_components`)."
     from open_forgetting.models import load_components
-    return load_components(miniworld_base_path(), dtype=dtype, device=device)
+    return load_components(miniworld_base_path(name), dtype=dtype, device=device)
 
 # %% ../nbs/09_miniworld.ipynb #91d0a414
 @dataclass

@@ -24,7 +24,7 @@ from .miniworld import (world_item, render, random_caption, world_vocabulary, Ca
 # %% auto #0
 __all__ = ['PretrainConfig', 'render_world', 'build_miniworld_components', 'train_vae', 'finetune_decoder', 'state_folder',
            'train_unet', 'adherence_check', 'pretrain_base', 'ClipPretrainConfig', 'pretrain_clip', 'write_manifest',
-           'main']
+           'ship_base', 'main']
 
 # %% ../nbs/10_pretrain_miniworld.ipynb #5211e5a0
 def _jsonable(obj):
@@ -408,14 +408,16 @@ def pretrain_clip(config: ClipPretrainConfig = ClipPretrainConfig(), out: str | 
 
 # %% ../nbs/10_pretrain_miniworld.ipynb #59b0ba33
 def write_manifest(root: str | Path | None = None) -> dict:
-    "Write `root/manifest.json` (default data/miniworld): file sizes, fingerprints and reference outputs of base and clip."
-    from open_forgetting.miniworld import reference_outputs, clip_reference_outputs
+    "Write `root/manifest.json` (default data/miniworld): file sizes, and fingerprints, parameter counts and reference outputs of every base folder (`miniworld.MINIWORLD_BASES`) and of clip."
+    from open_forgetting.miniworld import reference_outputs, clip_reference_outputs, MINIWORLD_BASES
     root = Path(root) if root else repo_root() / 'data' / 'miniworld'
     man = {'files': {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob('*')) if p.is_file() and p.name != 'manifest.json'}}
     man['total_bytes'] = sum(man['files'].values())
-    if (root / 'base').is_dir():
-        base = load_components(root / 'base', dtype='fp32', device='cpu')
-        man['base'] = {'fingerprint': base.fingerprint(), 'reference_outputs': reference_outputs(base),
+    for folder in MINIWORLD_BASES.values():
+        if not (root / folder).is_dir(): continue
+        base = load_components(root / folder, dtype='fp32', device='cpu')
+        man[folder] = {'fingerprint': base.fingerprint(), 'reference_outputs': reference_outputs(base),
+                       'bytes': sum(n for f, n in man['files'].items() if f.startswith(folder + '/')),
                        'parameters': {k: sum(p.numel() for p in getattr(base, k).parameters()) for k in ('unet', 'vae', 'text_encoder')}}
     if (root / 'clip').is_dir():
         clip = MiniClip.load(root / 'clip', device='cpu')
@@ -423,6 +425,18 @@ def write_manifest(root: str | Path | None = None) -> dict:
                        'parameters': sum(p.numel() for p in clip.parameters())}
     atomic_save_json(man, root / 'manifest.json')
     return man
+
+# %% ../nbs/10_pretrain_miniworld.ipynb #fa9d3854
+def ship_base(src: str | Path, dst: str | Path, dtype: str = 'fp16') -> Components:
+    "Write the base model of folder `src` into `dst` (atomically) with its weights stored in `dtype` (fp16 halves the size; the package loads them in the dtype a study asks for), and its `pretrain.json`."
+    from open_forgetting.core import get_dtype
+    src, dst = Path(src), Path(dst)
+    comps = load_components(src, dtype='fp32', device='cpu')
+    for k in ('unet', 'vae', 'text_encoder'): getattr(comps, k).to(get_dtype('cpu', dtype))   # every module (load_components keeps a VAE in fp32)
+    record = json.loads((src / 'pretrain.json').read_text()) if (src / 'pretrain.json').is_file() else {}
+    record['stored_dtype'] = str(get_dtype('cpu', dtype)).replace('torch.', '')
+    _save_checkpoint(comps, comps.unet, dst, record)
+    return load_components(dst, dtype='fp32', device='cpu')
 
 # %% ../nbs/10_pretrain_miniworld.ipynb #47ee797a
 def main(argv=None):
@@ -433,7 +447,7 @@ def main(argv=None):
                         "'continue' trains an existing <out>/base's text encoder + UNet for --steps more steps at --lr")
     p.add_argument('--lr', type=float, default=None, help="peak learning rate of 'continue' (default: half the recipe's)")
     p.add_argument('--full', action='store_true', help='the shipped recipe (also: OPEN_FORGETTING_PRETRAIN=full)')
-    p.add_argument('--out', default=None, help='output root (default: data/miniworld when full, a temp folder otherwise)')
+    p.add_argument('--out', default=None, help='output root (default: data/miniworld when full, a temp folder otherwise); the base goes to <out>/base-2 (fp16), with --first to <out>/base')
     p.add_argument('--time-budget', type=float, default=None, help='stop the UNet stage after this many seconds')
     p.add_argument('--steps', type=int, default=None, help='UNet steps (default: the recipe)')
     p.add_argument('--threads', type=int, default=None)
@@ -445,7 +459,9 @@ def main(argv=None):
     if a.what in ('base', 'all'):
         cfg = (PretrainConfig.first() if a.first else PretrainConfig()) if full else PretrainConfig.quick()
         cfg = replace(cfg, time_budget_s=a.time_budget, threads=a.threads or cfg.threads, **({'steps': a.steps} if a.steps else {}))
-        _, rec = pretrain_base(cfg, out=root / 'base', log=log)
+        folder = root / ('base' if a.first else 'base-2')   # data/miniworld/base is the first base's folder
+        _, rec = pretrain_base(cfg, out=folder, log=log)
+        if not a.first and not rec.get('stopped_early'): ship_base(folder, folder, 'fp16')   # the second base is shipped in fp16
         log(json.dumps({k: v for k, v in rec.items() if k not in ('recipe', 'loss_curve')}, indent=1))
     if a.what == 'decoder':
         cfg = (PretrainConfig.first() if a.first else PretrainConfig()) if full else PretrainConfig.quick()

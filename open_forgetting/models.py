@@ -162,14 +162,26 @@ def _chained_merges(words: Sequence[str]) -> list[tuple[str, str]]:
             cur = cur + s
     return merges
 
+def _bpe(word: str, rank: dict) -> list[str]:
+    "CLIP's BPE of one word under merge ranks `rank`: repeatedly merge every occurrence of the lowest-ranked adjacent pair."
+    pieces = list(word[:-1]) + [word[-1] + '</w>']
+    while len(pieces) > 1:
+        best = min(zip(pieces, pieces[1:]), key=lambda p: rank.get(p, float('inf')))
+        if best not in rank: break
+        out, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best: out.append(pieces[i] + pieces[i + 1]); i += 2
+            else: out.append(pieces[i]); i += 1
+        pieces = out
+    return pieces
+
 def _word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
-    "BPE merges learned from `words` (each counted once) by the `tokenizers` library's trainer: with no vocabulary limit it merges until every word is one token, and BPE's rank order then reproduces that spelling."
-    from tokenizers import Tokenizer, models as tok_models, trainers, pre_tokenizers
-    tk = Tokenizer(tok_models.BPE(end_of_word_suffix='</w>'))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tk.train_from_iterator(sorted({w.lower() for w in words if w}),
-                           trainers.BpeTrainer(vocab_size=1_000_000, min_frequency=1, end_of_word_suffix='</w>', show_progress=False))
-    return [tuple(m) if isinstance(m, list) else tuple(m.split(' ')) for m in json.loads(tk.to_str())['model']['merges']]
+    "Merges that spell each of `words` as one token: word by word (sorted), while BPE leaves it in pieces, add the merge of its first two. A new merge ranks last, so words already whole stay whole. Hand-written: the `tokenizers` library's BpeTrainer finds the same merges but orders tied ones differently from process to process, which would change the vocabulary's ids."
+    merges, rank = [], {}
+    for w in sorted({w.lower() for w in words if w}):
+        while len(pieces := _bpe(w, rank)) > 1:
+            rank[(pieces[0], pieces[1])] = len(merges); merges.append((pieces[0], pieces[1]))
+    return merges
 
 def build_clip_tokenizer(words: Sequence[str] | None = None, model_max_length: int = 77, chained: bool = False) -> CLIPTokenizer:
     "The OpenAI CLIP tokenizer (`words=None`, 49,408 tokens, from open_clip's shipped BPE) or a compact one spelling each of `words` as one token (`chained=True`: the legacy merges of `_chained_merges`)."

@@ -130,7 +130,9 @@ class MiniWorld(World):
     default_study = 'miniworld'
     reads_data_folders = False   # it renders its images and concepts
 
-    def embeds(self, base): return base == 'miniworld'   # data/miniworld/base
+    def embeds(self, base):
+        from open_forgetting.miniworld import MINIWORLD_BASES
+        return base in MINIWORLD_BASES   # the folders of data/miniworld
 
     def check(self, study):
         from open_forgetting.miniworld import NOVEL_CONCEPTS, TASKS
@@ -145,7 +147,7 @@ class MiniWorld(World):
     def load_base(self, model):
         from open_forgetting.miniworld import load_miniworld_base
         from open_forgetting.models import load_components
-        if self.embeds(model.base): return load_miniworld_base(dtype=model.dtype or 'fp32')
+        if self.embeds(model.base): return load_miniworld_base(dtype=model.dtype or 'fp32', name=model.base)
         return load_components(model.base, dtype=model.dtype)   # a re-trained miniworld base
     def load_encoder(self, study):
         from open_forgetting.miniworld import load_miniworld_clip
