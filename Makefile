@@ -29,7 +29,7 @@ NB_SKIP := ^([_.]|report\.ipynb$$)
 
 test: venv check-sync  ## the fast test suite: notebook tests + pytest (one thread per worker: 2 workers on 2 cores)
 	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers $(NPROC) --do_print --timing --skip_file_re '$(NB_SKIP)'
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) -q --durations=15 tests
 
 # tests/test_rehearsal.py (full-size Stable Diffusion, 30-60 min, 20 GB) is not part of it: run it by name.
 test-slow: venv  ## the opt-in slow tests: pytest's `slow` marker and the report notebook's own smoke run
