@@ -110,12 +110,12 @@ def test_shipped_base_round_trip(name):
         assert got[k]['head'] == pytest.approx(ref[k]['head'], rel=1e-3, abs=1e-5)
     # the shipped tokenizer is the compact one over the world's vocabulary and spells every caption reversibly. The
     # first base's is exactly what the legacy merges build; the second's (pretrained while the merges came from the
-    # `tokenizers` trainer, whose order of tied merges varies by process) holds the same tokens, each world word one
+    # `tokenizers` trainer, whose intermediate pieces differ from the hand-written merges) spells each world word whole
     from open_forgetting.models import build_clip_tokenizer
     first = name == 'miniworld'
     fresh = build_clip_tokenizer(mw.world_vocabulary(), model_max_length=comps.tokenizer.model_max_length, chained=first)
     if first: assert comps.tokenizer.get_vocab() == fresh.get_vocab()
-    else: assert set(comps.tokenizer.get_vocab()) == set(fresh.get_vocab())
+    else: assert {w + '</w>' for w in mw.world_vocabulary()} <= set(comps.tokenizer.get_vocab())
     for cap in [mw.world_item(i).caption for i in range(20)] + list(mw.world_vocabulary()):
         ids = comps.tokenizer(cap).input_ids
         if first: assert ids == fresh(cap).input_ids
