@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import atomic_write, atomic_save_json, data_path, file_sha256, shipped_path, stable_hash
+from .core import atomic_write, atomic_save_json, batched, data_path, file_sha256, shipped_path, stable_hash
 from .miniworld import (BACKGROUNDS, COLOURS, GENERIC_NOUN, IDENTIFIERS, NOVEL_CONCEPTS, SHAPES, TEXTURES,
                                        WorldItem, pil_to_tensor, render, sample_item)
 
@@ -306,7 +306,7 @@ def sample_adherence(components, prompts: Sequence[str], n_seeds: int = 4, setti
     settings = settings or GenerationSettings(steps=30, guidance_scale=3.0)
     jobs = [(p, s) for p in prompts for s in range(n_seeds)]
     images = torch.cat([sample(components, [p for p, _ in b], [s for _, s in b], settings)
-                        for b in (jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size))])
+                        for b in batched(jobs, batch_size)])
     reads = read_images(images, oracle).add_prefix('read_')
     return _matches(pd.concat([pd.DataFrame(jobs, columns=['prompt', 'seed']), reads], axis=1))
 
