@@ -319,15 +319,17 @@ def pair_generations(base: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
     if pairs.empty: raise ValueError("The two manifests share no (prompt, seed): generate both models with the same prompts and seeds.")
     return pairs
 
-def ground_truth_drift(pairs: pd.DataFrame, oracle: Oracle | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
-    "Per tuned model: the fraction of paired generations whose oracle reading differs (any attribute, and per attribute). [ours]"
+def ground_truth_drift(pairs: pd.DataFrame, oracle: Oracle | None = None, min_confidence: float = 0.0,
+                       by: Sequence[str] = ('model',)) -> pd.DataFrame:
+    "Per tuned model (or per `by`, from `model`, `prompt`, `seed`): the fraction of paired generations whose oracle reading differs (any attribute, and per attribute). [ours]"
     _need(pairs, ['prompt', 'seed', 'model_tuned', 'path_base', 'path_tuned'], 'ground-truth drift (see pair_generations)')
     rb = read_images(pairs['path_base'].tolist(), oracle, min_confidence=min_confidence)
     rt = read_images(pairs['path_tuned'].tolist(), oracle, min_confidence=min_confidence)
     diff = pd.DataFrame({a: (rb[a].values != rt[a].values).astype(float) for a in ATTRIBUTES})
-    diff.insert(0, 'drift', diff.max(axis=1)); diff['model'] = pairs['model_tuned'].values
-    out = diff.groupby('model', sort=False).mean()
-    return out.assign(n=diff.groupby('model', sort=False).size()).reset_index()
+    diff.insert(0, 'drift', diff.max(axis=1))
+    diff['model'], diff['prompt'], diff['seed'] = pairs['model_tuned'].values, pairs['prompt'].values, pairs['seed'].values
+    g = diff.groupby(list(by), sort=False)
+    return g[['drift', *ATTRIBUTES]].mean().assign(n=g.size()).reset_index()
 
 def ground_truth_fidelity(manifest: pd.DataFrame, concept: str, oracle: Oracle | None = None, min_confidence: float = 0.0) -> pd.DataFrame:
     "Per model: the fraction of generations (of the concept's prompts) the oracle reads as the concept's shape. [ours]"

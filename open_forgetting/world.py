@@ -193,11 +193,12 @@ class MiniWorld(World):
         "How many held-out views of the concept the model classifies as its instance prompt (vs the world's shapes)."
         return concept_identification(model, concept, instance_prompt, config=self.classifier_config(study, 'miniworld:shape'))
     def ground_truth(self, study, manifest, label):
-        "The oracle (`18_oracle`) reads the generations: prompt adherence per model, and ground-truth drift of `label` vs base on seed set A."
+        "The oracle (`18_oracle`) reads the generations: prompt adherence per model, and ground-truth drift of `label` vs base on seed set A (per model and per prompt)."
         from open_forgetting.oracle import prompt_adherence, pair_generations, ground_truth_drift
         paired = manifest[manifest.seed.isin(study.seeds.paired)]
         pairs = pair_generations(paired[paired.model == 'base'], paired[paired.model == label])
-        return {'adherence': prompt_adherence(paired), 'ground_truth_drift': ground_truth_drift(pairs)}
+        return {'adherence': prompt_adherence(paired), 'ground_truth_drift': ground_truth_drift(pairs),
+                'ground_truth_drift_by_prompt': ground_truth_drift(pairs, by=('model', 'prompt'))}
     def ground_truth_fidelity(self, study, manifest, concept):
         from open_forgetting.oracle import ground_truth_fidelity
         return ground_truth_fidelity(manifest, concept)
