@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Run and publish the ground-truth laboratory (issue 17 items 4-5): customized models of the miniworld's second base
+spanning weak to strong drift, each measured by the `customize` and `global_drift` experiment notebooks.
+
+    .venv/bin/python tools/run_lab.py                       # every configuration below, resumable
+    .venv/bin/python tools/run_lab.py --only recipe --seeds 0,1
+
+Each configuration is the laboratory study (data/miniworld/lab/lab.yaml) with `--set` overrides, one run folder per
+training seed under `--runs` (caches and weights stay there), and its finished cells' tidy tables published into
+data/miniworld/lab/results/<configuration>/ (`results.publish_run`), which `validity.load_lab` reads. The runner skips
+finished notebooks and publishing is idempotent, so an interrupted laboratory continues where it stopped.
+"""
+import argparse, os, subprocess, sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / 'data' / 'miniworld' / 'lab' / 'lab.yaml'
+CONCEPTS = ['heart_emblem', 'arrow_emblem', 'crescent_emblem']
+CONFIGS = {   # name -> methods, variants, training seeds, study overrides
+    'recipe': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0], set={}),   # the first base's demo recipe, λ = 175
+    'db-150-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0], set={'training.settings.max_steps': 150}),
+    'db-lr-1e-4': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0, 1, 2], set={'training.settings.learning_rate': 1.0e-4}),
+    'lr-1e-4-lambda-50': dict(methods=['dreambooth'], variants=['dc'], seeds=[0],
+                              set={'training.settings.learning_rate': 1.0e-4, 'drift_correction.lambda_dc': 50.0}),
+    'lr-1e-4-lambda-500': dict(methods=['dreambooth'], variants=['dc'], seeds=[0],
+                               set={'training.settings.learning_rate': 1.0e-4, 'drift_correction.lambda_dc': 500.0}),
+    'lora': dict(methods=['lora'], variants=['plain'], seeds=[0], set={}),
+    'custom-diffusion': dict(methods=['custom_diffusion'], variants=['plain'], seeds=[0], set={}),
+}
+
+
+def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None) -> None:
+    from open_forgetting.results import publish_run
+    from open_forgetting.validity import lab_root
+    for seed in seeds or cfg['seeds']:
+        run_dir = runs / name / f'seed-{seed}'
+        sets = {**cfg['set'], 'training.settings.seed': seed}
+        cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', str(STUDY), '--run-dir', str(run_dir),
+               '--concepts', ','.join(CONCEPTS), '--methods', ','.join(cfg['methods']), '--variants', ','.join(cfg['variants']),
+               '--experiments', 'customize,global_drift', *[a for k, v in sets.items() for a in ('--set', f'{k}={v}')]]
+        print(f'# {name} seed {seed}:', ' '.join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True)
+        actions = publish_run(run_dir, seed=seed, dest=lab_root() / name, study=str(STUDY))
+        print(actions.to_string(index=False), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--only', default=None, help=f'comma-separated configurations (default: all of {list(CONFIGS)})')
+    p.add_argument('--seeds', default=None, help="comma-separated training seeds (default: each configuration's)")
+    p.add_argument('--runs', default=os.environ.get('OPEN_FORGETTING_LAB_RUNS', '/tmp/lab'), help='folder of the run folders')
+    a = p.parse_args(argv)
+    names = a.only.split(',') if a.only else list(CONFIGS)
+    if bad := [n for n in names if n not in CONFIGS]: raise SystemExit(f'unknown configuration(s) {bad}; choose from {list(CONFIGS)}')
+    seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
+    for n in names: run_config(n, CONFIGS[n], Path(a.runs), seeds)
+
+
+if __name__ == '__main__':
+    main()
