@@ -20,6 +20,8 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides
     'recipe': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0], set={}),   # the first base's demo recipe, λ = 175
     'db-150-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0], set={'training.settings.max_steps': 150}),
     'db-lr-1e-4': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0, 1, 2], set={'training.settings.learning_rate': 1.0e-4}),
+    'lr-1e-4-lambda-20': dict(methods=['dreambooth'], variants=['dc'], seeds=[0],
+                              set={'training.settings.learning_rate': 1.0e-4, 'drift_correction.lambda_dc': 20.0}),
     'lr-1e-4-lambda-50': dict(methods=['dreambooth'], variants=['dc'], seeds=[0],
                               set={'training.settings.learning_rate': 1.0e-4, 'drift_correction.lambda_dc': 50.0}),
     'lr-1e-4-lambda-500': dict(methods=['dreambooth'], variants=['dc'], seeds=[0],
