@@ -22,14 +22,14 @@ def sd_unet(dtype):
 
 
 def unet_and_inputs(name: str, device, dtype, batch: int):
-    if name == 'miniworld':
+    if name.startswith('miniworld'):   # a shipped miniworld base: 'miniworld', 'miniworld-2'
         from open_forgetting.miniworld import load_miniworld_base
-        unet = load_miniworld_base().unet
+        unet = load_miniworld_base(name=name).unet
         res, ctx = 32, (unet.config.cross_attention_dim, 16)
     else:
         unet, res, ctx = sd_unet(dtype), 512, (768, 77)
     unet = unet.to(device, dtype).eval()
-    lat = res // (2 if name == 'miniworld' else 8)
+    lat = res // (2 if name.startswith('miniworld') else 8)
     x = torch.randn(batch, unet.config.in_channels, lat, lat, device=device, dtype=dtype)
     emb = torch.randn(batch, ctx[1], ctx[0], device=device, dtype=dtype)
     return unet, x, emb, res
@@ -51,7 +51,7 @@ def evals_per_second(unet, x, emb, repeats: int, calls: int) -> list[float]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--unets', nargs='+', default=['miniworld', 'sd'], choices=['miniworld', 'sd'])
+    p.add_argument('--unets', nargs='+', default=['miniworld', 'sd'], choices=['miniworld', 'miniworld-2', 'sd'])
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--write', action='store_true', help='record the medians in open_forgetting/throughput.yaml')
     a = p.parse_args(argv)
@@ -60,7 +60,7 @@ def main(argv=None):
     print(f"throughput: {device}, {dtype}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
     rows = []
     for name in a.unets:
-        batch, calls = (256, 4) if name == 'miniworld' else ((32, 2) if device.type == 'cuda' else (4, 1))
+        batch, calls = (256, 4) if name.startswith('miniworld') else ((32, 2) if device.type == 'cuda' else (4, 1))
         unet, x, emb, res = unet_and_inputs(name, device, dtype, batch)
         r = evals_per_second(unet, x, emb, a.repeats, calls)
         med = statistics.median(r)

@@ -169,7 +169,9 @@ class MiniWorld(World):
         from open_forgetting.miniworld import related_prompts
         names = study.concepts.names or ['heart_emblem']
         return round(sum(len(related_prompts(c)) for c in names) / len(names))
-    def unet_size(self, study): return 'miniworld'
+    def unet_size(self, study):
+        "The shipped base's name (its throughput row: the second base's UNet costs about twice the first's), else 'miniworld'."
+        return study.model.base if self.embeds(study.model.base) else 'miniworld'
     def resolution(self, study):
         from open_forgetting.miniworld import IMAGE_SIZE
         return study.model.resolution or IMAGE_SIZE
