@@ -27,13 +27,13 @@ def info() -> dict:
 def _split(text: str | None) -> list[str]: return [t.strip() for t in (text or '').split(',') if t.strip()]
 
 def parse_overrides(items: list[str] | None) -> dict:
-    "`['a.b=1', 'c=[0, 1]']` -> `{'a.b': 1, 'c': [0, 1]}` (values read as YAML)."
-    import yaml
+    "`['a.b=1', 'c=[0, 1]']` -> `{'a.b': 1, 'c': [0, 1]}` (values read as YAML 1.2: `1e-4` is a float)."
+    from open_forgetting.core import load_yaml
     out = {}
     for item in items or []:
         if '=' not in item: raise ValueError(f"--set expects KEY=VALUE (e.g. --set training.settings.max_steps=2), got {item!r}.")
         k, v = item.split('=', 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else ''
+        out[k.strip()] = load_yaml(v) if v.strip() else ''
     return out
 
 def study_from_args(args):

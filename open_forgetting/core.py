@@ -14,8 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['get_device', 'get_dtype', 'free_memory', 'peak_memory', 'format_bytes', 'seed_everything', 'torch_generator',
            'home_dir', 'cache_dir', 'repo_root', 'shipped_path', 'data_path', 'atomic_write', 'atomic_save_json',
-           'load_json', 'stable_hash', 'model_fingerprint', 'batched', 'DamagedFileError', 'NonFiniteError',
-           'file_sha256', 'quarantine', 'check_finite', 'check_name']
+           'load_json', 'load_yaml', 'stable_hash', 'model_fingerprint', 'batched', 'DamagedFileError',
+           'NonFiniteError', 'file_sha256', 'quarantine', 'check_finite', 'check_name']
 
 # %% ../nbs/00_core.ipynb #26eb37f0
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
@@ -154,6 +154,26 @@ def atomic_save_json(obj: Any, path: str | Path) -> Path:
 def load_json(path: str | Path) -> Any:
     "Read a JSON file."
     return json.loads(Path(path).read_text(encoding='utf-8'))
+
+# %% ../nbs/00_core.ipynb #78b90991
+import re
+import yaml
+
+class _Yaml12Floats(yaml.SafeLoader):
+    "PyYAML's safe loader with YAML 1.2's float rule: `1e-4`, `2E5`, `.5` and `-3.` are floats."
+
+_Yaml12Floats.yaml_implicit_resolvers = {k: [r for r in v if r[0] != 'tag:yaml.org,2002:float']
+                                         for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Floats.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'''^(?:
+     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$''', re.X), list('-+0123456789.'))
+
+def load_yaml(text: str) -> Any:
+    "Parse YAML text safely (no object construction), reading `1e-4` as a float (YAML 1.2) rather than a string (1.1)."
+    return yaml.load(text, Loader=_Yaml12Floats)
 
 # %% ../nbs/00_core.ipynb #77233de6
 def _canonical(obj: Any) -> Any:

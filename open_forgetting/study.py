@@ -15,7 +15,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
 
-from .core import home_dir, atomic_write, stable_hash, check_name
+from .core import home_dir, atomic_write, stable_hash, check_name, load_yaml
 from .models import Components
 from .classifier import ClassifierConfig, evaluations_per_image
 from .generate import GenerationSettings
@@ -210,7 +210,7 @@ def _explain(e: ValidationError, source: str) -> StudyError:
     return StudyError(f"{source}: {key} = {value!r}: {msg}. Fix: correct {key!r} in the study file (the schema is in open_forgetting.study, `Study`).")
 
 def _read_yaml(path: Path) -> dict:
-    try: data = yaml.safe_load(path.read_text(encoding='utf-8'))
+    try: data = load_yaml(path.read_text(encoding='utf-8'))
     except yaml.YAMLError as e: raise StudyError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict): raise StudyError(f"{path}: a study file is a mapping of sections, got {type(data).__name__}.")
     return data
