@@ -69,6 +69,8 @@ MEASURE_NOTES = {   # measure -> what it is (every one oriented so that larger =
     'cdi': 'Color Drift Index of paired generations',
     'kid': 'KID between paired generation sets',
     'texture_drift': 'texture drift (LBP Jensen-Shannon) of paired generations',
+    'functional_drift': "drift map: the denoisers' squared difference D on shared (z_t, t, ε), mean over the vocabulary (00_method §7)",
+    'functional_drift_relative': "drift map: the conditional part of D over the base's own signal, mean over the vocabulary (00_method §7)",
 }
 _WHO = ['config', 'concept', 'training_seed', 'method', 'variant']
 
@@ -88,6 +90,12 @@ def load_lab(root: str | Path) -> dict[str, pd.DataFrame]:
 def _long(df: pd.DataFrame, value: str, measure: str, keys: Sequence[str]) -> pd.DataFrame:
     return df.groupby(list(keys), as_index=False)[value].mean().rename(columns={value: 'value'}).assign(measure=measure)
 
+def _drift_map(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:
+    "The drift map's rows (one per vocabulary prompt; the tuned model against its base), who the cell is from its `cell_*` columns."
+    dm = results.get('drift_map/drift_map')
+    if dm is None or not len(dm): return None
+    return dm.drop(columns=['method', 'variant'], errors='ignore').rename(columns={'cell_method': 'method', 'cell_variant': 'variant'})
+
 def lab_measures(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     "One row per laboratory model × measure (`MEASURE_NOTES`; per dataset for the classifier's), from published result tables [ours]."
     results = {k: (v if 'config' in v else v.assign(config='')) for k, v in results.items()}
@@ -104,6 +112,8 @@ def lab_measures(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     if (sim := get('global_drift/clip_i')) is not None: parts.append(_long(sim.assign(d=1 - sim.clip_i), 'd', 'clip_i_distance', _WHO))
     for key, col in (('cdi', 'cdi'), ('kid', 'kid'), ('texture', 'texture_drift')):
         if (t := get(f'global_drift/{key}')) is not None: parts.append(_long(t, col, col, _WHO))
+    if (dm := _drift_map(results)) is not None:
+        parts += [_long(dm, 'drift', 'functional_drift', _WHO), _long(dm, 'cond_relative', 'functional_drift_relative', _WHO)]
     for key, col, name in (('customize/ground_truth_fidelity', 'fidelity', 'gt_fidelity'), ('customize/fidelity', 'clip_i', 'clip_i_fidelity')):
         if (t := get(key)) is not None: parts.append(_long(t, col, name, _WHO))
     if not parts: raise ValueError(f"no laboratory measure in these results (tables: {sorted(results)}).")
@@ -120,6 +130,7 @@ def lab_prompt_measures(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     if len(gt := results.get('global_drift/ground_truth_drift_by_prompt', ())): parts.append(_long(_tuned(gt), 'drift', 'gt_drift', keys))
     if len(sim := results.get('global_drift/clip_i', ())): parts.append(_long(_tuned(sim).assign(d=1 - sim.clip_i), 'd', 'clip_i_distance', keys))
     if len(cdi := results.get('global_drift/cdi', ())): parts.append(_long(_tuned(cdi), 'cdi', 'cdi', keys))
+    if (dm := _drift_map(results)) is not None: parts.append(_long(dm, 'drift', 'functional_drift', keys))   # prompts it shares
     return pd.concat(parts, ignore_index=True)[[*keys, 'measure', 'value']] if parts else pd.DataFrame(columns=[*keys, 'measure', 'value'])
 
 # %% ../nbs/20_validity.ipynb #4e8c86d6

@@ -66,7 +66,6 @@ COMMON = ('concept', 'method', 'variant', 'study', 'overrides', 'run_dir', 'out_
 # per notebook: (table, value column) whose customized-model rows must change when the model does
 VALUES = {'customize': ('fidelity', 'clip_i'), 'color': ('cdi', 'cdi'), 'diversity': ('diversity', 'vendi'),
           'drift_map': ('drift_map', 'drift'), 'global_drift': ('clip_i', 'clip_i'), 'local_drift': ('clip_i', 'clip_i')}
-IDENTITY = {'drift_map': 'subject'}                   # drift_map's own `concept` column holds the vocabulary's concepts
 SPECIFIC = {'color': ('n_plot_prompts',), 'drift_map': ('vocabulary', 'template', 'n_samples', 'latents', 'top_k'),
             'global_drift': ('semantic', 'appearance'), 'report': ('run_dir', 'figures_dir'),
             'audit': ('base', 'tuned', 'study', 'overrides', 'concept', 'instance_prompt', 'vocabulary', 'scale', 'run_dir', 'out_dir')}
@@ -137,8 +136,7 @@ MEASURE = [n for n in NOTEBOOKS if n in VALUES]
 def test_the_grid_cell_reaches_the_model_and_the_tables(runs, name, param):
     base, changed = runs(name), runs(name, **{param: OTHER[param]})
     table = _table(changed, VALUES[name][0])
-    column = IDENTITY.get(name, 'concept') if param == 'concept' else param
-    assert set(table[column]) == {OTHER[param]}, f'{name}: {column} column {set(table[column])} after {param}={OTHER[param]!r}'
+    assert set(table[param]) == {OTHER[param]}, f'{name}: {param} column {set(table[param])} after {param}={OTHER[param]!r}'
     assert _differs(_model_values(name, changed), _model_values(name, base)), f'{name}: {param} changed, the model\'s numbers did not'
     cell = dict(concept='heart_emblem', method='dreambooth', variant='dc') | {param: OTHER[param]}
     info = json.loads((RunLayout(runs.shared).model(**cell) / 'run.json').read_text())
@@ -196,13 +194,13 @@ def test_drift_map_parameters(runs, param, value):
     base, out = _table(runs('drift_map'), 'drift_map'), runs('drift_map', **{param: value})
     table = _table(out, 'drift_map')
     if param == 'vocabulary':
-        assert set(table.vocabulary) == {value} and not set(table.concept) & set(base.concept)
+        assert set(table.vocabulary) == {value} and not set(table.vocab_concept) & set(base.vocab_concept)
     elif param == 'template':
-        assert all(p == value.format(c) for p, c in zip(table.prompt, table.concept)) and not table.prompt.equals(base.prompt)
+        assert all(p == value.format(c) for p, c in zip(table.prompt, table.vocab_concept)) and not table.prompt.equals(base.prompt)
     elif param == 'n_samples':
         assert set(table.n_samples) == {4} and set(base.n_samples) == {16}
     elif param == 'latents':
-        assert _differs(table.sort_values('concept').drift.to_numpy(), base.sort_values('concept').drift.to_numpy())
+        assert _differs(table.sort_values('vocab_concept').drift.to_numpy(), base.sort_values('vocab_concept').drift.to_numpy())
     else:
         assert _table(out, 'top_k_manifest').prompt.nunique() == 2 and _table(runs('drift_map'), 'top_k_manifest').prompt.nunique() == 4
 

@@ -4,6 +4,7 @@ spanning weak to strong drift, each measured by the `customize` and `global_drif
 
     .venv/bin/python tools/run_lab.py                       # every configuration below, resumable
     .venv/bin/python tools/run_lab.py --only recipe --seeds 0,1
+    .venv/bin/python tools/run_lab.py --only lora --drift-map   # also the drift map's functional drift (needs the weights)
 
 Each configuration is the laboratory study (data/miniworld/lab/lab.yaml) with `--set` overrides, one run folder per
 training seed under `--runs` (caches and weights stay there), and its finished cells' tidy tables published into
@@ -26,12 +27,18 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides
                               set={'training.settings.learning_rate': 1.0e-4, 'drift_correction.lambda_dc': 50.0}),
     'lr-1e-4-lambda-500': dict(methods=['dreambooth'], variants=['dc'], seeds=[0],
                                set={'training.settings.learning_rate': 1.0e-4, 'drift_correction.lambda_dc': 500.0}),
-    'lora': dict(methods=['lora'], variants=['plain'], seeds=[0], set={}),
-    'custom-diffusion': dict(methods=['custom_diffusion'], variants=['plain'], seeds=[0], set={}),
+    # the other methods at the learning rate that learns the concept on this base (1e-4), plain and with DC (λ = 175)
+    'lora': dict(methods=['lora'], variants=['plain', 'dc'], seeds=[0], set={'training.settings.learning_rate': 1.0e-4}),
+    'custom-diffusion': dict(methods=['custom_diffusion'], variants=['plain', 'dc'], seeds=[0],
+                             set={'training.settings.learning_rate': 1.0e-4}),
+    'hypermod': dict(methods=['hypermod'], variants=['plain', 'dc'], seeds=[0], set={'training.settings.learning_rate': 1.0e-4}),
 }
 
 
-def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None) -> None:
+DRIFT_MAP_PARAMS = dict(vocabulary='miniworld', n_samples=4, top_k=2)   # all 1,260 captions, 4 paired samples each
+
+
+def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_map: bool = False) -> None:
     from open_forgetting.results import publish_run
     from open_forgetting.validity import lab_root
     for seed in seeds or cfg['seeds']:
@@ -42,6 +49,11 @@ def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None) -> Non
                '--experiments', 'customize,global_drift', *[a for k, v in sets.items() for a in ('--set', f'{k}={v}')]]
         print(f'# {name} seed {seed}:', ' '.join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
+        if drift_map:   # the functional drift (00_method §7) over every caption of the world, a separate run: its own parameters
+            dm = [*cmd[:cmd.index('--experiments')], '--experiments', 'drift_map', *cmd[cmd.index('--experiments') + 2:],
+                  *[a for k, v in DRIFT_MAP_PARAMS.items() for a in ('--param', f'{k}={v}')]]
+            print(f'# {name} seed {seed} drift map:', ' '.join(dm[2:]), flush=True)
+            subprocess.run(dm, check=True)
         actions = publish_run(run_dir, seed=seed, dest=lab_root() / name, study=str(STUDY))
         print(actions.to_string(index=False), flush=True)
 
@@ -50,12 +62,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--only', default=None, help=f'comma-separated configurations (default: all of {list(CONFIGS)})')
     p.add_argument('--seeds', default=None, help="comma-separated training seeds (default: each configuration's)")
+    p.add_argument('--drift-map', action='store_true', help='also run the drift_map experiment (functional drift over the world)')
     p.add_argument('--runs', default=os.environ.get('OPEN_FORGETTING_LAB_RUNS', '/tmp/lab'), help='folder of the run folders')
     a = p.parse_args(argv)
     names = a.only.split(',') if a.only else list(CONFIGS)
     if bad := [n for n in names if n not in CONFIGS]: raise SystemExit(f'unknown configuration(s) {bad}; choose from {list(CONFIGS)}')
     seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
-    for n in names: run_config(n, CONFIGS[n], Path(a.runs), seeds)
+    for n in names: run_config(n, CONFIGS[n], Path(a.runs), seeds, a.drift_map)
 
 
 if __name__ == '__main__':
