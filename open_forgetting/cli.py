@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['COMMANDS', 'info', 'parse_overrides', 'study_from_args', 'study_jobs', 'run_command', 'plan_command',
-           'status_command', 'demo', 'audit_command', 'export_command', 'drift_map_command', 'train_command',
-           'build_parser', 'is_user_error', 'main']
+           'status_command', 'demo', 'audit_command', 'export_command', 'publish_command', 'drift_map_command',
+           'train_command', 'build_parser', 'is_user_error', 'main']
 
 # %% ../nbs/99_cli.ipynb #f6ab936e
 def info() -> dict:
@@ -138,6 +138,13 @@ def export_command(args) -> int:
     print(f"open-forgetting export: wrote {export_run(args.run_dir, args.to, args.format, base=args.base)}")
     return 0
 
+def publish_command(args) -> int:
+    "Copy a run folder's finished tidy tables into the committed results (results.publish_run), so another machine can continue the grid."
+    from open_forgetting.results import publish_run
+    actions = publish_run(args.run_dir, seed=args.seed, dest=args.dest, study=args.study, overwrite=args.overwrite)
+    print(actions.to_string(index=False)); print(f"open-forgetting publish: {len(actions)} cell experiment(s) of {args.run_dir}")
+    return 0
+
 def drift_map_command(args) -> int:
     "Rank a vocabulary's concepts by how much the fine-tune changed them (00_method §7)."
     from open_forgetting.drift_map import drift_map_command as run
@@ -164,6 +171,12 @@ def _more_commands(sub) -> None:
     d.add_argument('--base', required=True); d.add_argument('--tuned', required=True)
     d.add_argument('--vocabulary', default='imagenet', help="'imagenet', 'generic', 'miniworld', or a text/CSV file of concepts")
     d.add_argument('--out', default='drift_map'); d.add_argument('--n-samples', type=int, default=16); d.add_argument('--top-k', type=int, default=10)
+    u = sub.add_parser('publish', help="copy a run folder's finished tidy tables into the committed results (data/miniworld/results)")
+    u.add_argument('run_dir', help='the --run-dir of `open-forgetting run` (one training seed)')
+    u.add_argument('--seed', type=int, default=None, help="the run's training seed (default: read from the run)")
+    u.add_argument('--dest', default=None, help='results folder (default: data/miniworld/results of this checkout)')
+    u.add_argument('--study', default=None, help='the study the run was made with (name or file), recorded beside the tables')
+    u.add_argument('--overwrite', action='store_true', help='replace published files that differ (default: refuse)')
 
 # %% ../nbs/99_cli.ipynb #7a1b2c3d
 def train_command(args) -> int:
@@ -221,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {'info': lambda a: print('\n'.join(f'{k:>16}: {v}' for k, v in info().items())) or 0,
             'run': run_command, 'plan': plan_command, 'status': status_command, 'demo': demo,
-            'audit': audit_command, 'export': export_command, 'drift-map': drift_map_command, 'train': train_command}
+            'audit': audit_command, 'export': export_command, 'drift-map': drift_map_command, 'publish': publish_command, 'train': train_command}
 
 _USER_ERRORS = ('ModelNotAvailableError', 'UnsafeWeightsError', 'DatasetNotFoundError', 'DamagedFileError')
 
