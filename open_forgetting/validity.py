@@ -159,7 +159,10 @@ def plot_validity(tables: Mapping[str, pd.DataFrame], ax=None):
     for k, (name, t) in enumerate(tables.items()):
         t = t.set_index('measure').reindex(order); y = np.arange(len(order)) + 0.2 * (k - (len(tables) - 1) / 2)
         ax.errorbar(t.rho, y, xerr=[t.rho - t.lo, t.hi - t.rho], fmt='o', capsize=3, label=name)
-    ax.axvline(0, color='grey', lw=0.8); ax.set_yticks(range(len(order)), order); ax.invert_yaxis()
+    first = next(iter(tables.values())).set_index('measure')
+    n, most = first.get('n', pd.Series(dtype=float)), first.get('n', pd.Series([0])).max()
+    labels = [f'{m} (n = {int(n[m])})' if m in n and n[m] < most else m for m in order]   # a measure measured on fewer units says so
+    ax.axvline(0, color='grey', lw=0.8); ax.set_yticks(range(len(order)), labels); ax.invert_yaxis()
     ax.set_xlabel("Spearman's rho with ground-truth drift (95% bootstrap CI)"); ax.set_xlim(-1.05, 1.05); ax.legend(loc='lower left')
     return ax
 
