@@ -76,7 +76,10 @@ _WHO = ['config', 'concept', 'training_seed', 'method', 'variant']
 
 def _tuned(df: pd.DataFrame) -> pd.DataFrame:
     "Rows of the customized model: not the base, not the base-vs-base control; who the cell is from its `cell_*` columns."
-    df = df[(df.model.astype(str) != 'base') & ~df.model.astype(str).str.startswith(CONTROL_LABEL.split(' ')[0])]
+    return _cell_identity(df[(df.model.astype(str) != 'base') & ~df.model.astype(str).str.startswith(CONTROL_LABEL.split(' ')[0])])
+
+def _cell_identity(df: pd.DataFrame) -> pd.DataFrame:
+    "Method and variant of the published cell (`cell_*` columns), not of a model the table also holds."
     return df.drop(columns=['method', 'variant'], errors='ignore').rename(columns={'cell_method': 'method', 'cell_variant': 'variant'})
 
 def load_lab(root: str | Path) -> dict[str, pd.DataFrame]:
@@ -94,7 +97,7 @@ def _drift_map(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:
     "The drift map's rows (one per vocabulary prompt; the tuned model against its base), who the cell is from its `cell_*` columns."
     dm = results.get('drift_map/drift_map')
     if dm is None or not len(dm): return None
-    return dm.drop(columns=['method', 'variant'], errors='ignore').rename(columns={'cell_method': 'method', 'cell_variant': 'variant'})
+    return _cell_identity(dm)
 
 def lab_measures(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     "One row per laboratory model × measure (`MEASURE_NOTES`; per dataset for the classifier's), from published result tables [ours]."
@@ -160,7 +163,7 @@ def plot_validity(tables: Mapping[str, pd.DataFrame], ax=None):
         t = t.set_index('measure').reindex(order); y = np.arange(len(order)) + 0.2 * (k - (len(tables) - 1) / 2)
         ax.errorbar(t.rho, y, xerr=[t.rho - t.lo, t.hi - t.rho], fmt='o', capsize=3, label=name)
     first = next(iter(tables.values())).set_index('measure')
-    n, most = first.get('n', pd.Series(dtype=float)), first.get('n', pd.Series([0])).max()
+    n = first['n'] if 'n' in first else pd.Series(dtype=float); most = n.max()
     labels = [f'{m} (n = {int(n[m])})' if m in n and n[m] < most else m for m in order]   # a measure measured on fewer units says so
     ax.axvline(0, color='grey', lw=0.8); ax.set_yticks(range(len(order)), labels); ax.invert_yaxis()
     ax.set_xlabel("Spearman's rho with ground-truth drift (95% bootstrap CI)"); ax.set_xlim(-1.05, 1.05); ax.legend(loc='lower left')

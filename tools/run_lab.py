@@ -44,16 +44,15 @@ def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_
     for seed in seeds or cfg['seeds']:
         run_dir = runs / name / f'seed-{seed}'
         sets = {**cfg['set'], 'training.settings.seed': seed}
-        cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', str(STUDY), '--run-dir', str(run_dir),
-               '--concepts', ','.join(CONCEPTS), '--methods', ','.join(cfg['methods']), '--variants', ','.join(cfg['variants']),
-               '--experiments', 'customize,global_drift', *[a for k, v in sets.items() for a in ('--set', f'{k}={v}')]]
-        print(f'# {name} seed {seed}:', ' '.join(cmd[2:]), flush=True)
-        subprocess.run(cmd, check=True)
-        if drift_map:   # the functional drift (00_method §7) over every caption of the world, a separate run: its own parameters
-            dm = [*cmd[:cmd.index('--experiments')], '--experiments', 'drift_map', *cmd[cmd.index('--experiments') + 2:],
-                  *[a for k, v in DRIFT_MAP_PARAMS.items() for a in ('--param', f'{k}={v}')]]
-            print(f'# {name} seed {seed} drift map:', ' '.join(dm[2:]), flush=True)
-            subprocess.run(dm, check=True)
+        base = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', str(STUDY), '--run-dir', str(run_dir),
+                '--concepts', ','.join(CONCEPTS), '--methods', ','.join(cfg['methods']), '--variants', ','.join(cfg['variants']),
+                *[a for k, v in sets.items() for a in ('--set', f'{k}={v}')]]
+        # the drift map (00_method §7) over every caption of the world is a run of its own: its parameters are its own
+        passes = [('', ['--experiments', 'customize,global_drift'])]
+        if drift_map: passes.append((' drift map', ['--experiments', 'drift_map', *[a for k, v in DRIFT_MAP_PARAMS.items() for a in ('--param', f'{k}={v}')]]))
+        for what, extra in passes:
+            print(f'# {name} seed {seed}{what}:', ' '.join([*base[2:], *extra]), flush=True)
+            subprocess.run([*base, *extra], check=True)
         actions = publish_run(run_dir, seed=seed, dest=lab_root() / name, study=str(STUDY))
         print(actions.to_string(index=False), flush=True)
 
