@@ -4,12 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #894340a8
 from __future__ import annotations
-import contextlib, hashlib, json, os, random, tempfile
+import contextlib, hashlib, json, os, random, re, tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+import yaml
 
 # %% auto #0
 __all__ = ['get_device', 'get_dtype', 'free_memory', 'peak_memory', 'format_bytes', 'seed_everything', 'torch_generator',
@@ -156,9 +157,6 @@ def load_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding='utf-8'))
 
 # %% ../nbs/00_core.ipynb #78b90991
-import re
-import yaml
-
 class _Yaml12Floats(yaml.SafeLoader):
     "PyYAML's safe loader with YAML 1.2's float rule: `1e-4`, `2E5`, `.5` and `-3.` are floats."
 
