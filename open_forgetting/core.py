@@ -139,6 +139,9 @@ def atomic_write(path: str | Path, mode: str = 'wb'):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        # mkstemp makes the file private (0600); give it the mode `open()` would (0666 less the umask) so that published
+        # results and shared caches stay readable by the group (Python has no umask getter, hence set-and-restore)
+        umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush(); os.fsync(f.fileno())

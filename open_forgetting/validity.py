@@ -17,8 +17,9 @@ from .plots import CONTROL_LABEL
 from .results import load_results
 
 # %% auto #0
-__all__ = ['MEASURE_NOTES', 'rank_correlation', 'within_rank_correlation', 'load_lab', 'lab_measures', 'lab_prompt_measures',
-           'metric_validity', 'plot_validity', 'tradeoff', 'plot_tradeoff', 'lab_root', 'lab_report']
+__all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'rank_correlation', 'within_rank_correlation', 'load_lab', 'lab_measures',
+           'lab_prompt_measures', 'metric_validity', 'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier',
+           'frontier_gaps', 'plot_frontier', 'lab_root', 'lab_report']
 
 # %% ../nbs/20_validity.ipynb #e0d83897
 def rank_correlation(x, y, clusters=None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
@@ -191,6 +192,51 @@ def plot_tradeoff(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_dri
     ax.figure.tight_layout()
     return ax
 
+# %% ../nbs/20_validity.ipynb #982a01dd
+DB_FRONTIER = {   # knob -> (laboratory configuration, variant, knob's value); each knob starts at DreamBooth (lr 1e-4, 500 steps, λ_pr 1)
+    'Drift Correction λ': [('db-lr-1e-4', 'plain', 0.0), ('lr-1e-4-lambda-20', 'dc', 20.0), ('lr-1e-4-lambda-50', 'dc', 50.0),
+                           ('db-lr-1e-4', 'dc', 175.0), ('lr-1e-4-lambda-500', 'dc', 500.0)],
+    'fewer steps': [('db-lr-1e-4', 'plain', 500.0), ('db-lr-1e-4-300-steps', 'plain', 300.0), ('db-lr-1e-4-200-steps', 'plain', 200.0),
+                    ('db-lr-1e-4-100-steps', 'plain', 100.0)],
+    'lower learning rate': [('db-lr-1e-4', 'plain', 1e-4), ('db-lr-5e-5', 'plain', 5e-5), ('recipe', 'plain', 2e-5)],
+    'prior-preservation weight': [('db-lr-1e-4', 'plain', 1.0), ('db-lr-1e-4-pr-5', 'plain', 5.0), ('db-lr-1e-4-pr-25', 'plain', 25.0)],
+}
+
+def frontier(long: pd.DataFrame, families: Mapping[str, Sequence[tuple]] = DB_FRONTIER, x: str = 'gt_fidelity', y: str = 'gt_drift',
+             training_seed: int = 0) -> pd.DataFrame:
+    "One row per knob × value: mean and standard error over the models of its configuration (`tradeoff`), at one training seed [ours]."
+    at_seed = long[long.training_seed == training_seed] if 'training_seed' in long else long
+    pts = tradeoff(at_seed, x=x, y=y, by=('config', 'variant')).set_index(['config', 'variant'])
+    rows = [dict(knob=k, value=v, config=c, variant=var, **pts.loc[(c, var)]) for k, members in families.items()
+            for c, var, v in members if (c, var) in pts.index]
+    return pd.DataFrame(rows)
+
+def frontier_gaps(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', reference: str = 'Drift Correction λ') -> pd.DataFrame:
+    "Per point of the other knobs: its `y` minus the `reference` knob's curve at the same `x` (> 0: the reference protects more), with a standard error [ours]."
+    ref = points[points.knob == reference].sort_values(x)
+    if len(ref) < 2: raise ValueError(f"the reference knob {reference!r} needs at least two points to draw a curve; it has {len(ref)}.")
+    rows = []
+    for _, p in points[points.knob != reference].iterrows():
+        inside = ref[x].min() <= p[x] <= ref[x].max()   # no extrapolation outside the reference's range of fidelity
+        curve, curve_se = (np.interp(p[x], ref[x], ref[y]), np.interp(p[x], ref[x], ref[f'{y}_se'].fillna(0))) if inside else (np.nan, np.nan)
+        gap, se = p[y] - curve, math.hypot(p.get(f'{y}_se', 0) or 0, curve_se)
+        verdict = ('outside the reference range' if not inside else f'{reference} protects more' if gap > 2 * se
+                   else f'{p.knob} protects more' if gap < -2 * se else 'within noise (2 s.e.)')
+        rows.append(dict(knob=p.knob, value=p.value, **{x: p[x], y: p[y]}, reference_curve=curve, gap=gap, gap_se=se, verdict=verdict))
+    return pd.DataFrame(rows)
+
+def plot_frontier(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', ax=None):
+    "One curve per knob through its points (±1 s.e.), each point labelled by the knob's value [ours]."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(6.5, 4.8))
+    for knob, p in points.groupby('knob', sort=False):
+        p = p.sort_values('value')
+        ax.errorbar(p[x], p[y], xerr=p.get(f'{x}_se'), yerr=p.get(f'{y}_se'), fmt='o-', capsize=3, label=knob, alpha=0.85)
+        for _, r in p.iterrows(): ax.annotate(f'{r.value:g}', (r[x], r[y]), fontsize=7, xytext=(4, 3), textcoords='offset points')
+    ax.set_xlabel(f'{x} (higher: the concept is learned)'); ax.set_ylabel(f'{y}\n(lower: the rest is protected)'); ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax
+
 # %% ../nbs/20_validity.ipynb #4fc0c8e6
 def lab_root() -> Path:
     "The committed laboratory results: `data/miniworld/lab/results`."
@@ -200,7 +246,7 @@ def lab_root() -> Path:
 def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_boot: int = 1000,
                tradeoff_configs: Sequence[str] = ('db-lr-1e-4', 'lr-1e-4-lambda-20', 'lr-1e-4-lambda-50', 'lr-1e-4-lambda-500'),
                tradeoff_seed: int = 0) -> dict[str, pd.DataFrame]:
-    "The laboratory's tables: validity per model (against both ground truths), per model × prompt and inside each model, and DC's trade-off at one training seed; with `out`, CSVs and figures written there [ours]."
+    "The laboratory's tables: validity per model (against both ground truths), per model × prompt and inside each model, and DC's trade-off and frontier against the other knobs at one training seed; with `out`, CSVs and figures written there [ours]."
     from open_forgetting.plots import save_figure
     from open_forgetting.study import save_table
     lab = load_lab(root or lab_root())
@@ -213,6 +259,12 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
               'validity_inside_model': metric_validity(prompts, unit=[*_WHO, 'prompt'], cluster=_WHO, within=True, n_boot=n_boot)}
     sweep = models[models.config.isin(tradeoff_configs) & (models.training_seed == tradeoff_seed)]
     if len(sweep): tables['tradeoff'] = tradeoff(sweep, x='gt_fidelity', y='drop: miniworld:shape', by=('variant', 'lambda_dc'))
+    frontiers = {}   # DC's frontier against the other knobs, by both protection measures
+    for y, suffix in (('gt_drift', ''), ('drop: miniworld:shape', '_shape_drop')):
+        pts = frontier(models, x='gt_fidelity', y=y, training_seed=tradeoff_seed)
+        if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
+            frontiers[y] = tables[f'frontier{suffix}'] = pts
+            tables[f'frontier_gaps{suffix}'] = frontier_gaps(pts, y=y)
     if out is not None:
         for name, t in tables.items(): save_table(t, out, name)
         ax = plot_validity({'per model': tables['validity_per_model'], 'per model x prompt': tables['validity_per_prompt'],
@@ -224,4 +276,11 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             ax.set_title(f'Drift Correction at lr 1e-4, training seed {tradeoff_seed}: mean ± s.e. over 3 concepts', fontsize=9)
             ax.figure.tight_layout()
             save_figure(ax.figure, Path(out) / 'tradeoff')
+        if frontiers:
+            import matplotlib.pyplot as plt
+            fig, axes = plt.subplots(1, len(frontiers), figsize=(6.5 * len(frontiers), 4.8), squeeze=False)
+            for ax, (y, pts) in zip(axes[0], frontiers.items()): plot_frontier(pts, y=y, ax=ax)
+            fig.suptitle(f'DreamBooth (lr 1e-4) moved towards the base by four knobs, training seed {tradeoff_seed}: '
+                         'mean ± s.e. over 3 concepts', fontsize=9)
+            fig.tight_layout(); save_figure(fig, Path(out) / 'frontier')
     return tables
