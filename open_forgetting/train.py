@@ -1085,7 +1085,9 @@ class Trainer:
                                                        self.device, self.weight_dtype)
         if self.memory['gradient_checkpointing']:
             self.student.unet.enable_gradient_checkpointing()
-            if self.trains_te: self.student.text_encoder.gradient_checkpointing_enable()
+            if self.trains_te:   # transformers 5.x renamed it (the old name warns, and goes in v6)
+                te = self.student.text_encoder
+                (getattr(te, 'activation_checkpointing_enable', None) or te.gradient_checkpointing_enable)()
         if self.accelerator.is_main_process: logger.info(self.memory['summary'])
 
     def _setup_prompts(self):
