@@ -215,11 +215,18 @@ def frontier_gaps(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_dri
     "Per point of the other knobs: its `y` minus the `reference` knob's curve at the same `x` (> 0: the reference protects more), with a standard error [ours]."
     ref = points[points.knob == reference].sort_values(x)
     if len(ref) < 2: raise ValueError(f"the reference knob {reference!r} needs at least two points to draw a curve; it has {len(ref)}.")
+    shared = {(r.config, r.variant) for r in ref.itertuples()} if {'config', 'variant'} <= set(points) else set()
+    rx, ry, rse = ref[x].values, ref[y].values, ref[f'{y}_se'].fillna(0).values
     rows = []
     for _, p in points[points.knob != reference].iterrows():
-        inside = ref[x].min() <= p[x] <= ref[x].max()   # no extrapolation outside the reference's range of fidelity
-        curve, curve_se = (np.interp(p[x], ref[x], ref[y]), np.interp(p[x], ref[x], ref[f'{y}_se'].fillna(0))) if inside else (np.nan, np.nan)
-        gap, se = p[y] - curve, math.hypot(p.get(f'{y}_se', 0) or 0, curve_se)
+        if (p.get('config'), p.get('variant')) in shared: continue   # the common starting point (DreamBooth) is on both curves
+        inside = rx.min() <= p[x] <= rx.max()   # no extrapolation outside the reference's range of fidelity
+        i = int(np.clip(np.searchsorted(rx, p[x]), 1, len(rx) - 1))      # the reference's segment at p[x]
+        slope = (ry[i] - ry[i - 1]) / (rx[i] - rx[i - 1]) if rx[i] > rx[i - 1] else 0.0
+        curve, curve_se = (np.interp(p[x], rx, ry), np.interp(p[x], rx, rse)) if inside else (np.nan, np.nan)
+        # delta method: the point's own uncertainty, the curve's, and the point's fidelity uncertainty moved along the curve
+        se = math.sqrt(np.nansum([(p.get(f'{y}_se') or 0) ** 2, curve_se ** 2, (slope * (p.get(f'{x}_se') or 0)) ** 2]))
+        gap = p[y] - curve
         verdict = ('outside the reference range' if not inside else f'{reference} protects more' if gap > 2 * se
                    else f'{p.knob} protects more' if gap < -2 * se else 'within noise (2 s.e.)')
         rows.append(dict(knob=p.knob, value=p.value, **{x: p[x], y: p[y]}, reference_curve=curve, gap=gap, gap_se=se, verdict=verdict))
