@@ -133,15 +133,18 @@ def data_path(*parts: str) -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #2676197f
+_UMASK = os.umask(0); os.umask(_UMASK)   # read once at import: Python has no umask getter, and setting it is process-wide
+_FILE_MODE = 0o666 & ~_UMASK             # what open() gives a new file
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = 'wb'):
     "Context manager giving a file handle whose content appears at `path` only if the block succeeds."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        # mkstemp makes the file private (0600); give it the mode `open()` would (0666 less the umask) so that published
-        # results and shared caches stay readable by the group (Python has no umask getter, hence set-and-restore)
-        umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask)
+        # mkstemp makes the file private (0600); give it the mode `open()` would, so that published results and shared
+        # caches stay readable by the group
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush(); os.fsync(f.fileno())

@@ -17,6 +17,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / 'data' / 'miniworld' / 'lab' / 'lab.yaml'
 CONCEPTS = ['heart_emblem', 'arrow_emblem', 'crescent_emblem']
+def _db_plain(**settings) -> dict:
+    "Plain DreamBooth at training seed 0 and lr 1e-4 unless `settings` (training settings) say otherwise."
+    return dict(methods=['dreambooth'], variants=['plain'], seeds=[0],
+                set={f'training.settings.{k}': v for k, v in {'learning_rate': 1.0e-4, **settings}.items()})
+
 CONFIGS = {   # name -> methods, variants, training seeds, study overrides
     'recipe': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0], set={}),   # the first base's demo recipe, λ = 175
     'db-150-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0], set={'training.settings.max_steps': 150}),
@@ -28,17 +33,9 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides
     'lr-1e-4-lambda-500': dict(methods=['dreambooth'], variants=['dc'], seeds=[0],
                                set={'training.settings.learning_rate': 1.0e-4, 'drift_correction.lambda_dc': 500.0}),
     # the alternatives to DC on DreamBooth's frontier (`validity.DB_FRONTIER`): fewer steps, a lower learning rate, a heavier prior
-    'db-lr-1e-4-300-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0],
-                                 set={'training.settings.learning_rate': 1.0e-4, 'training.settings.max_steps': 300}),
-    'db-lr-1e-4-200-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0],
-                                 set={'training.settings.learning_rate': 1.0e-4, 'training.settings.max_steps': 200}),
-    'db-lr-1e-4-100-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0],
-                                 set={'training.settings.learning_rate': 1.0e-4, 'training.settings.max_steps': 100}),
-    'db-lr-5e-5': dict(methods=['dreambooth'], variants=['plain'], seeds=[0], set={'training.settings.learning_rate': 5.0e-5}),
-    'db-lr-1e-4-pr-5': dict(methods=['dreambooth'], variants=['plain'], seeds=[0],
-                            set={'training.settings.learning_rate': 1.0e-4, 'training.settings.lambda_pr': 5.0}),
-    'db-lr-1e-4-pr-25': dict(methods=['dreambooth'], variants=['plain'], seeds=[0],
-                             set={'training.settings.learning_rate': 1.0e-4, 'training.settings.lambda_pr': 25.0}),
+    **{f'db-lr-1e-4-{n}-steps': _db_plain(max_steps=n) for n in (300, 200, 100)},
+    'db-lr-5e-5': _db_plain(learning_rate=5.0e-5),
+    **{f'db-lr-1e-4-pr-{w:g}': _db_plain(lambda_pr=w) for w in (5.0, 25.0)},
     # the other methods at the learning rate that learns the concept on this base (1e-4), plain and with DC (λ = 175)
     'lora': dict(methods=['lora'], variants=['plain', 'dc'], seeds=[0], set={'training.settings.learning_rate': 1.0e-4}),
     'custom-diffusion': dict(methods=['custom_diffusion'], variants=['plain', 'dc'], seeds=[0],
