@@ -21,7 +21,7 @@ __all__ = ['MANIFEST', 'EXCLUDED', 'MAX_BYTES', 'TABLE1_METRICS', 'FIDELITY_METR
            'published_cell', 'synthetic_run', 'finished_experiments', 'result_files', 'publish_cell', 'run_cells',
            'publish_run', 'published', 'grid_status', 'load_results', 'mean_ci', 'summarize', 'cell_drift', 'table1',
            'table1_display', 'fidelity_cells', 'table2', 'diversity_cells', 'diversity_table', 'ground_truth_cells',
-           'ground_truth_table', 'paired_effect', 'dc_effects', 'dc_verdict']
+           'ground_truth_table', 'paired_effect', 'dc_effects', 'dc_verdict', 'figure_rows', 'kid_over_cells']
 
 # %% ../nbs/19_results.ipynb #d038c003
 MANIFEST = 'published.json'                     # one per published cell, written after its files
@@ -441,3 +441,26 @@ def dc_verdict(effects: pd.DataFrame) -> pd.DataFrame:
         if r.effect_lo > 0: return 'increases forgetting'
         return 'no clear effect (CI includes 0)'
     return effects.assign(verdict=effects.apply(say, axis=1))
+
+# %% ../nbs/19_results.ipynb #d710f74f
+def figure_rows(results: Mapping[str, pd.DataFrame], key: str) -> pd.DataFrame:
+    "The published table `key` over every cell, `model` relabelled by method × variant, the base's and the control's rows once per concept × training seed [ours]."
+    from open_forgetting.plots import model_label
+    df = _need(results, key)
+    if 'model' not in df: raise ValueError(f"'{key}' has no 'model' column to draw curves by; its columns are {list(df.columns)}.")
+    name = df.model.astype(str)
+    reference = name.str.startswith('control') | (name == 'base')
+    method = df['method'] if 'method' in df else df['cell_method']
+    variant = df['variant'] if 'variant' in df else df['cell_variant']
+    models = df[~reference].assign(model=[model_label(m, v) for m, v in zip(method[~reference], variant[~reference])])
+    ref = df[reference]   # every cell of a concept x seed holds the same reference rows: keep those of its first cell
+    first = ref.groupby(['concept', 'training_seed'])[['cell_method', 'cell_variant']].transform('first')
+    refs = ref[(ref.cell_method == first.cell_method) & (ref.cell_variant == first.cell_variant)]
+    return pd.concat([refs, models], ignore_index=True)
+
+# %% ../nbs/19_results.ipynb #1c15c63e
+def kid_over_cells(results: Mapping[str, pd.DataFrame], key: str = 'global_drift/kid', ci: float = 0.95) -> pd.DataFrame:
+    "Per model label, KID's mean over the cells with its Student-t interval (`mean_ci`, not KID's own bootstrap), the control's over concept × seed; for `plots.plot_kid` [ours]."
+    rows = [dict(model=model, **dict(zip(('kid', 'kid_lo', 'kid_hi', 'n'), mean_ci(g.kid, ci))))
+            for model, g in figure_rows(results, key).groupby('model', sort=False)]
+    return pd.DataFrame(rows)

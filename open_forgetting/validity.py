@@ -233,13 +233,16 @@ def frontier_gaps(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_dri
     return pd.DataFrame(rows)
 
 def plot_frontier(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', ax=None):
-    "One curve per knob through its points (±1 s.e.), each point labelled by the knob's value [ours]."
+    "One curve per knob through its points (±1 s.e.), each point labelled by the knob's value; the model every knob starts from labelled once, 'start' [ours]."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6.5, 4.8))
+    shared = points.groupby(['config', 'variant']).knob.transform('nunique') > 1   # the anchor: on every knob's curve
     for knob, p in points.groupby('knob', sort=False):
         p = p.sort_values('value')
         ax.errorbar(p[x], p[y], xerr=p.get(f'{x}_se'), yerr=p.get(f'{y}_se'), fmt='o-', capsize=3, label=knob, alpha=0.85)
-        for _, r in p.iterrows(): ax.annotate(f'{r.value:g}', (r[x], r[y]), fontsize=7, xytext=(4, 3), textcoords='offset points')
+        for _, r in p[~shared[p.index]].iterrows(): ax.annotate(f'{r.value:g}', (r[x], r[y]), fontsize=7, xytext=(4, 3), textcoords='offset points')
+    for _, r in points[shared].drop_duplicates(['config', 'variant']).iterrows():
+        ax.annotate('start', (r[x], r[y]), fontsize=7, xytext=(4, 3), textcoords='offset points')
     ax.set_xlabel(f'{x} (higher: the concept is learned)'); ax.set_ylabel(f'{y}\n(lower: the rest is protected)'); ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax

@@ -195,3 +195,17 @@ def test_real_smoke_cells_publish_and_rebuild(tmp_path):
         assert row.accuracy == pytest.approx(r.accuracy) and row.worst_drop == pytest.approx(r.worst_drop)
     g = grid_status('smoke', [1], dest, experiments=['customize', 'global_drift'])
     assert set(g[g.concept == 'heart_emblem'].state) == {'published'} and set(g[g.concept != 'heart_emblem'].state) == {'missing'}
+
+
+@pytest.mark.skipif(published().empty, reason='no grid cell is committed under data/miniworld/results/ yet')
+def test_committed_grid_rebuilds_from_its_per_image_rows():
+    "The committed grid: Table 1 from `load_results` against numpy on the committed classification files, read directly; every cell published against the shipped study's hash."
+    dest = repo_root() / 'data' / 'miniworld' / 'results'
+    t1, hand = table1(load_results(dest)), _by_hand(dest)
+    for (dataset, cell), h in list(hand.groupby(['dataset', 'cell']))[::5]:   # every fifth model x dataset: a few cells
+        method, variant = cell.rsplit('-', 1)
+        row = t1[(t1.dataset == dataset) & (t1.method == method) & (t1.variant == variant)].iloc[0]
+        assert row.n == len(h)
+        assert (row.accuracy, row['drop'], row.worst_drop) == pytest.approx((h.accuracy.mean(), h['drop'].mean(), h.worst_drop.mean()))
+    seeds = sorted(set(published(dest).seed))
+    assert set(grid_status('miniworld-full', seeds, dest).query("state != 'missing'").state) == {'published'}
