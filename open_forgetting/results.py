@@ -437,6 +437,9 @@ def dc_verdict(effects: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"dc_verdict speaks of forgetting: metric(s) {bad} are not forgetting measures {FORGETTING_METRICS}.")
     def say(r):
         if r.n < 2 or pd.isna(r.effect_lo): return f'too few pairs for an interval (n={r.n})'
+        # every pair differed by the same amount (a discrete measure, e.g. one image of 16): the t interval collapses to a
+        # point although each cell's own measurement is noisy, so it supports no verdict
+        if r.effect_lo == r.effect_hi: return f'no spread between the pairs: no interval (n={r.n})'
         if r.effect_hi < 0: return 'reduces forgetting'
         if r.effect_lo > 0: return 'increases forgetting'
         return 'no clear effect (CI includes 0)'
