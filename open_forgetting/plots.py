@@ -168,7 +168,8 @@ def plot_class_drops(per_class: pd.DataFrame, group: str = 'model', value: str =
     d = per_class[per_class['classname'].isin(worst)]
     ax = plt.subplots(figsize=(5, 0.25 * len(worst) + 1.5))[1]
     order = model_order(d[group])
-    sns.stripplot(d, y='classname', x=value, hue=group, order=worst, palette=palette(order), ax=ax, size=6, jitter=False)
+    sns.stripplot(d, y='classname', x=value, hue=group, hue_order=order, order=worst, palette=palette(order), ax=ax, size=6, jitter=False)
+    ax.legend(fontsize=7, frameon=False, loc='upper left', bbox_to_anchor=(1.01, 1))   # beside the axes: inside, it hid the points
     ax.axvline(0, color=CONTROL_COLOR, lw=0.8); ax.set_xlabel('accuracy drop vs base (points)'); ax.set_ylabel('')
     return ax
 
