@@ -453,9 +453,8 @@ def figure_rows(results: Mapping[str, pd.DataFrame], key: str) -> pd.DataFrame:
     if 'model' not in df: raise ValueError(f"'{key}' has no 'model' column to draw curves by; its columns are {list(df.columns)}.")
     name = df.model.astype(str)
     reference = name.str.startswith('control') | (name == 'base')
-    method = df['method'] if 'method' in df else df['cell_method']
-    variant = df['variant'] if 'variant' in df else df['cell_variant']
-    models = df[~reference].assign(model=[model_label(m, v) for m, v in zip(method[~reference], variant[~reference])])
+    models = df[~reference]   # a cell's own rows: its method x variant (`load_results` adds them to every table)
+    models = models.assign(model=[model_label(m, v) for m, v in zip(models.cell_method, models.cell_variant)])
     ref = df[reference]   # every cell of a concept x seed holds the same reference rows: keep those of its first cell
     first = ref.groupby(['concept', 'training_seed'])[['cell_method', 'cell_variant']].transform('first')
     refs = ref[(ref.cell_method == first.cell_method) & (ref.cell_variant == first.cell_variant)]

@@ -25,15 +25,17 @@ def shard_dirs(runs: Path, seed: int, shards: int) -> list[Path]:
 
 def run_seed(seed: int, runs: Path, shards: int, threads: int, experiments: str) -> None:
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
-    procs = []
+    procs, logs = [], []
     for i, run_dir in enumerate(shard_dirs(runs, seed, shards), start=1):
         cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', STUDY, '--set', f'training.settings.seed={seed}',
                '--experiments', experiments, '--run-dir', str(run_dir), '--shard', f'{i}/{shards}']
         run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(run_dir.with_suffix('.log'), 'a')
+        log = open(run_dir.with_suffix('.log'), 'a'); logs.append(log)
         print(f'# seed {seed} shard {i}/{shards}:', ' '.join(cmd[2:]), f'(log: {log.name})', flush=True)
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-    if failed := [i for i, p in enumerate(procs, start=1) if p.wait() != 0]:
+    failed = [i for i, p in enumerate(procs, start=1) if p.wait() != 0]
+    for log in logs: log.close()
+    if failed:
         print(f'# seed {seed}: shard(s) {failed} failed; their finished cells are published, rerun to continue', flush=True)
 
 
