@@ -32,11 +32,11 @@ __all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES
            'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config', 'class_images',
            'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng',
            'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'activation_estimate',
-           'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype', 'place_student', 'memory_plan',
-           'TrainingData', 'shard_rows', 'training_data', 'frozen_teacher', 'teacher_pool_recipe',
-           'cached_teacher_pool', 'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point',
-           'check_checkpointable', 'register_trainable_state', 'seal_checkpoint', 'checkpoint_meta', 'Trainer',
-           'default_run_dir', 'customize', 'load_customized']
+           'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype', 'weights_on_disk',
+           'offload_choice', 'place_student', 'memory_plan', 'TrainingData', 'shard_rows', 'training_data',
+           'frozen_teacher', 'teacher_pool_recipe', 'cached_teacher_pool', 'make_optimizer', 'checkpoint_dirs',
+           'checkpoint_intact', 'resume_point', 'check_checkpointable', 'register_trainable_state', 'seal_checkpoint',
+           'checkpoint_meta', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -189,6 +189,8 @@ class TrainConfig:
     frozen_dtype: str | None = None        # 'fp32', 'bf16', 'fp16': DC's frozen teacher in this dtype (a copy unless the base is);
                                            # None: the caller's UNet when on the device (training dtype or bf16/fp16), else a copy
     share_frozen_weights: bool = True      # the student's frozen UNet weights view the caller's (no second copy; copy on train)
+    offload_base: bool | None = None       # the caller's UNet weights wait on disk while a student that copied all of them
+                                           # trains (`weights_on_disk`); None: automatic, when memory is short and no live teacher
     seed: int = 0
     device: str | None = None              # None: cuda > mps > cpu
     resolution: int | None = None          # None: the base model's native resolution
@@ -309,7 +311,7 @@ TRAIN_CONFIG_GROUPS = {
                         'initializer_token', 'lora_rank', 'lora_alpha', 'lora_targets', 'method_settings'),
     # engineering: memory, time and bookkeeping, not the result (recomputing activations, sharing frozen weights,
     # checkpoints, validation images, the progress bar, trackers), hence not part of a run's identity
-    'engineering': ('gradient_checkpointing', 'share_frozen_weights', 'device', 'checkpoint_every', 'keep_checkpoints',
+    'engineering': ('gradient_checkpointing', 'share_frozen_weights', 'offload_base', 'device', 'checkpoint_every', 'keep_checkpoints',
                     'keep_checkpoints_when_done', 'validation_every', 'validation_prompts', 'validation_steps',
                     'validation_guidance_scale', 'progress', 'log_with')}
 _ENGINEERING_FIELDS = set(TRAIN_CONFIG_GROUPS['engineering'])
@@ -780,6 +782,40 @@ def teacher_copy_dtype(base_on_device: bool, base_dtype: torch.dtype, frozen_dty
     if base_on_device and (base_dtype == training_dtype or base_dtype in (torch.bfloat16, torch.float16)): return None
     return training_dtype
 
+@contextlib.contextmanager
+def weights_on_disk(module: nn.Module, folder: str | Path):
+    "[ours] Inside the block `module`'s parameters wait in `folder`, one memory-mapped file each, and hold no memory; on leaving (also after an error) the same Parameter objects get their values back bit for bit and `folder` is removed."
+    # accelerate's offload format (offload_weight / load_offloaded_weight: raw arrays, bf16 and fp8 included) written one
+    # tensor at a time, so the write needs no second copy of the model; accelerate's disk_offload itself streams weights
+    # into forward passes for inference, whereas here the module must hold nothing and come back as it was
+    from accelerate.utils import offload_weight, load_offloaded_weight
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True); folder.mkdir(parents=True)   # (a folder left by a killed process is stale)
+    params, index, where = dict(module.named_parameters()), {}, {}
+    try:
+        for name, p in params.items():
+            index = offload_weight(p.data, name, str(folder), index=index)
+            where[name] = p.device
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        yield folder
+    finally:
+        for name in where:                                  # only those emptied: an error mid-write loses nothing
+            params[name].data = load_offloaded_weight(str(folder / f'{name}.dat'), index[name]).to(where[name])
+        shutil.rmtree(folder, ignore_errors=True)
+
+def offload_choice(setting: bool | None, copies_every_weight: bool, live_teacher: bool, memory_short: bool,
+                   disk_room: bool) -> tuple[bool, str]:
+    "[ours] Whether the caller's UNet waits on disk during training (`weights_on_disk`), and why: only when the student copied every UNet weight and no live DC teacher reads the base; None = when memory is short and the disk has room."
+    if setting is False: return False, 'offload_base=False'
+    blocker = ("the student views the base's frozen weights" if not copies_every_weight else
+               "DC's live teacher reads it every step (a `dc_teacher_pool` frees it)" if live_teacher else
+               'the disk lacks room for it' if not disk_room else None)
+    if setting is True:
+        if blocker: raise ValueError(f"offload_base=True, but the base UNet cannot wait on disk: {blocker}. Set offload_base=None (automatic) or False.")
+        return True, 'offload_base=True'
+    if blocker: return False, f'automatic: kept in memory, {blocker}'
+    return memory_short, 'automatic: ' + ('memory is short' if memory_short else 'memory suffices')
+
 def _gib(n: float) -> str: return f'{n / 2**30:.1f} GiB'
 
 # %% ../nbs/05_train.ipynb #49aebedc
@@ -791,9 +827,16 @@ def place_student(student: Components, base: Components, device: torch.device, w
         for p in m.parameters(): p.data = p.data.to(dtype=torch.float32 if p.requires_grad else weight_dtype)
     student.unet.train()
 
+def _disk_free(path: Path) -> int:
+    "Free bytes on the disk that holds `path` (its nearest existing folder)."
+    path = Path(path).absolute()
+    while not path.exists(): path = path.parent
+    return shutil.disk_usage(path).free
+
 def memory_plan(config: TrainConfig, base: Components, student: Components, params: dict[str, nn.Parameter],
-                resolution: int, device: torch.device, weight_dtype: torch.dtype) -> tuple[dict, torch.dtype | None]:
-    "[ours] The run's memory choices and their one-line summary: gradient checkpointing (`needs_gradient_checkpointing` unless set), shared frozen weights, and DC's teacher (`teacher_copy_dtype`, returned second: None = the caller's UNet)."
+                resolution: int, device: torch.device, weight_dtype: torch.dtype,
+                disk_free: float = math.inf) -> tuple[dict, torch.dtype | None]:
+    "[ours] The run's memory choices and their one-line summary: gradient checkpointing (`needs_gradient_checkpointing` unless set), shared frozen weights, the base UNet on disk during training (`offload_choice`; `disk_free` bytes where it would go), and DC's teacher (`teacher_copy_dtype`, returned second: None = the caller's UNet)."
     c, unet = config, student.unet
     n_unet = sum(p.numel() for p in unet.parameters())
     n_trained = sum(p.numel() for p in params.values())
@@ -803,16 +846,20 @@ def memory_plan(config: TrainConfig, base: Components, student: Components, para
     latent = resolution // base.vae_downsample
     batch = c.train_batch_size * (2 if c.uses_prior else 1) + (c.dc_n_reg if c.uses_dc else 0)
     free = free_memory(device)
+    short = needs_gradient_checkpointing(n_unet, n_trained, latent, batch, free)
     gc = c.gradient_checkpointing
     if gc is None:
-        gc = needs_gradient_checkpointing(n_unet, n_trained, latent, batch, free)
-        need = step_memory_estimate(n_unet, n_trained, latent, batch)
+        gc, need = short, step_memory_estimate(n_unet, n_trained, latent, batch)
         why = f'automatic: ~{_gib(need)} needed without it, {_gib(free)} free'
     else: why = 'gradient_checkpointing set'
     parts = [f"gradient checkpointing {'on' if gc else 'off'} ({n_unet / 1e6:.0f} M UNet params, {resolution} px, batch {batch}; {why})",
              f"trained {n_trained / 1e6:.1f} M params fp32",
              f"frozen UNet weights {'shared with the base' if n_shared else 'copied'} ({n_frozen / 1e6:.0f} M)" if n_frozen
              else 'no frozen UNet weights']
+    base_bytes = sum(p.numel() * p.element_size() for p in base.unet.parameters())
+    offload, why_off = offload_choice(c.offload_base, n_shared == 0, c.uses_dc and not c.dc_teacher_pool, short,
+                                      disk_free > 1.1 * base_bytes)
+    parts.append(f"base UNet {'on disk during training' if offload else 'in memory'} ({_gib(base_bytes)}; {why_off})")
     teacher = None
     if c.uses_dc:
         bu = base.unet
@@ -820,7 +867,7 @@ def memory_plan(config: TrainConfig, base: Components, student: Components, para
         teacher = teacher_copy_dtype(there and not bu.training, bu.dtype, c.frozen_dtype, weight_dtype)
         what = f"the caller's UNet ({str(bu.dtype)[6:]}, no copy)" if teacher is None else f"a {str(teacher)[6:]} copy"
         parts.append(f"DC teacher {what}{', for the cached pool only' if c.dc_teacher_pool else ''}")
-    plan = dict(gradient_checkpointing=gc, n_unet_params=n_unet, n_trained_params=n_trained, n_shared_params=n_shared,
+    plan = dict(gradient_checkpointing=gc, offload_base=offload, n_unet_params=n_unet, n_trained_params=n_trained, n_shared_params=n_shared,
                 free_bytes=free, teacher_dtype=None if teacher is None else str(teacher), summary='memory: ' + ', '.join(parts))
     return plan, teacher
 
@@ -1082,7 +1129,7 @@ class Trainer:
         place_student(self.student, self.base, self.device, self.weight_dtype)
         self.trains_te = any(k.startswith('text_encoder.') for k in self.params)
         self.memory, self._teacher_dtype = memory_plan(c, self.base, self.student, self.params, self.resolution,
-                                                       self.device, self.weight_dtype)
+                                                       self.device, self.weight_dtype, disk_free=_disk_free(self.run_dir))
         if self.memory['gradient_checkpointing']:
             self.student.unet.enable_gradient_checkpointing()
             if self.trains_te:   # transformers 5.x renamed it (the old name warns, and goes in v6)
@@ -1242,12 +1289,13 @@ class Trainer:
         if last is not None and main: logger.info(f'{self.run_dir}: resuming at step {self.step} ({last.name})')
         bar = tqdm(total=c.max_steps, initial=self.step, desc=f'{c.method}/{c.variant} {self.concept.name}',
                    disable=not (c.progress and main))               # one bar, the main process's
-        while self.step < c.max_steps:
-            out = self.train_step()
-            bar.update(1); bar.set_postfix({k: f'{v:.4f}' for k, v in out.items() if k != 'step'})
-            every = c.checkpoint_interval
-            if every and self.step % every == 0 and self.step < c.max_steps: self.save_checkpoint()
-            if c.validation_every and self.step % c.validation_every == 0: self._on_main(self.validate)
+        with self._base_out_of_memory():
+            while self.step < c.max_steps:
+                out = self.train_step()
+                bar.update(1); bar.set_postfix({k: f'{v:.4f}' for k, v in out.items() if k != 'step'})
+                every = c.checkpoint_interval
+                if every and self.step % every == 0 and self.step < c.max_steps: self.save_checkpoint()
+                if c.validation_every and self.step % c.validation_every == 0: self._on_main(self.validate)
         bar.close()
         # the run is done: AdamW's two moments (8 bytes per trained parameter; 7 GB for DreamBooth of SD) would only
         # raise the peak of the final save, so they go first (a later `run` with more steps restarts them)
@@ -1259,6 +1307,11 @@ class Trainer:
         if main: logger.info(f'{c.method}/{c.variant} {self.concept.name}: {self.step} steps, final '
                              f"{', '.join(f'{k} {v:.4g}' for k, v in (self.history or [{}])[-1].items() if k != 'step')}; saved in {self.run_dir}")
         return self.run_dir
+
+    def _base_out_of_memory(self):
+        "While the loop runs, the caller's UNet waits on disk in the run folder (`weights_on_disk`) when the memory plan chose it; else nothing."
+        if not self.memory['offload_base']: return contextlib.nullcontext()
+        return weights_on_disk(self.base.unet, self.run_dir / f'base-offload-{self.rank}')
 
     def _on_main(self, fn):
         "Run `fn` on the main process only (multi-GPU), the others wait."

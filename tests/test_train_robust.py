@@ -168,7 +168,7 @@ def test_every_training_setting_is_in_the_key_and_engineering_ones_are_not():
                    dc_replay_images=3, class_seed=2, snr_gamma=5.0, lora_rank=8, max_grad_norm=None, dc_fused=False)
     for k, v in changed.items(): assert TrainConfig(**{**base.to_dict(), k: v}).key() != base.key(), k
     same = dict(progress=False, checkpoint_every=7, keep_checkpoints=3, validation_every=5, device='cpu',
-                validation_prompts=('x',), keep_checkpoints_when_done=True)
+                validation_prompts=('x',), keep_checkpoints_when_done=True, offload_base=True)
     for k, v in same.items(): assert TrainConfig(**{**base.to_dict(), k: v}).key() == base.key(), k
 
 
@@ -180,6 +180,7 @@ def test_every_training_setting_is_in_the_key_and_engineering_ones_are_not():
     (dict(max_steps=2.5), 'max_steps=2.5 must be an int'),
     (dict(learning_rate=float('nan')), 'learning_rate=nan must be a float'),
     (dict(hflip='yes'), "hflip='yes' must be a bool"),
+    (dict(offload_base='yes'), "offload_base='yes' must be a bool"),
     (dict(train_batch_size=0), 'train_batch_size=0 must be > 0'),
     (dict(adam_beta1=1.0), 'adam_beta1=1.0 must be in'),
     (dict(lora_targets='to_q'), "lora_targets='to_q' must be a tuple"),
