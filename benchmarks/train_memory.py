@@ -1,0 +1,73 @@
+"""Peak memory of full-size DreamBooth training on this machine: the SD-1.5 (or SD-2.1) architecture with random
+weights, 512 px, a few steps, one class image; each configuration in a fresh process.
+
+    python benchmarks/train_memory.py                                  # every configuration below, SD-1.5
+    python benchmarks/train_memory.py --configs db,db-kept --steps 2
+
+Configurations (`--configs`, comma-separated):
+    db          DreamBooth with the package's memory defaults (the base UNet waits on disk when memory is short)
+    db-kept     DreamBooth with the base UNet kept in memory (offload_base=False): the comparison
+    db-dc       DreamBooth-DC, live teacher (the caller's UNet: it stays in memory)
+    db-dc-pool  DreamBooth-DC with a teacher pool of 8 predictions (the base UNet then waits on disk too)
+
+Printed per configuration: the peak resident set size of the training process (Linux VmHWM: anonymous and file
+pages together, from the start of the process, so loading the base is included), the wall time, and the run's
+`memory:` line. A figure taken while anything else runs is no measurement: the load average is printed before and
+after.
+"""
+from __future__ import annotations
+import argparse, json, os, subprocess, sys, time
+from pathlib import Path
+
+CONFIGS = {
+    'db': dict(method='dreambooth', variant='plain'),
+    'db-kept': dict(method='dreambooth', variant='plain', offload_base=False),
+    'db-dc': dict(method='dreambooth', variant='dc'),
+    'db-dc-pool': dict(method='dreambooth', variant='dc', dc_teacher_pool=8),
+}
+
+_CHILD = r'''
+import json, sys, time
+t0 = time.time()
+from open_forgetting.models import load_components
+from open_forgetting.train import customize, variant_config, load_json
+base_dir, concept, out, steps, resolution, kw = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
+base = load_components(base_dir)
+cfg = variant_config(kw.pop('method'), kw.pop('variant'), max_steps=steps, resolution=resolution, num_class_images=1,
+                     class_sampling_steps=2, checkpoint_every=0, progress=False, dc_n_reg=1, **kw)
+run = customize(base, concept, cfg, out, resume=False)
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) * 1024
+print('MEMORY ' + json.dumps(dict(peak_rss_gib=hwm / 2**30, seconds=time.time() - t0, summary=load_json(f'{run}/run.json')['memory']['summary'])))
+'''
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--arch', choices=('sd15', 'sd21'), default='sd15')
+    p.add_argument('--out', default='/tmp/open_forgetting_rehearsal', help='where the full-size base is built (reused)')
+    p.add_argument('--configs', default=','.join(CONFIGS))
+    p.add_argument('--steps', type=int, default=2)
+    p.add_argument('--resolution', type=int, default=512)
+    a = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rehearse_full_size import build_full_size, write_concept
+    root = Path(a.out).expanduser() / a.arch; root.mkdir(parents=True, exist_ok=True)
+    base = build_full_size(a.arch, root / 'base')
+    concept = write_concept(root / 'concepts') / 'dog'
+    env = {**os.environ, 'OPEN_FORGETTING_HOME': str(root / 'home-memory'), 'HF_HUB_OFFLINE': '1'}
+    print(f'train_memory {a.arch}: {a.resolution} px, {a.steps} steps, torch threads from OMP_NUM_THREADS='
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {os.getloadavg()}", flush=True)
+    for name in a.configs.split(','):
+        if name not in CONFIGS: raise SystemExit(f'--configs: unknown {name!r}; use some of {sorted(CONFIGS)}.')
+        r = subprocess.run([sys.executable, '-c', _CHILD, str(base), str(concept), str(root / f'run-{name}'), str(a.steps),
+                            str(a.resolution), json.dumps(CONFIGS[name])], capture_output=True, text=True, env=env)
+        line = next((l for l in r.stdout.splitlines() if l.startswith('MEMORY ')), None)
+        if line is None:
+            print(f'{name}: failed (rc {r.returncode})\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}', flush=True); continue
+        m = json.loads(line[len('MEMORY '):])
+        print(f"{name:<11} peak RSS {m['peak_rss_gib']:.2f} GiB ({m['peak_rss_gib'] * 2**30 / 1e9:.2f} GB), {m['seconds']:.0f} s; "
+              f"{m['summary']}", flush=True)
+    print(f'load average at the end {os.getloadavg()}')
+
+
+if __name__ == '__main__': main()
