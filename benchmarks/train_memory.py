@@ -10,10 +10,13 @@ Configurations (`--configs`, comma-separated):
     db-dc       DreamBooth-DC, live teacher (the caller's UNet: it stays in memory)
     db-dc-pool  DreamBooth-DC with a teacher pool of 8 predictions (the base UNet then waits on disk too)
 
-Printed per configuration: the peak resident set size of the training process (Linux VmHWM: anonymous and file
-pages together, from the start of the process, so loading the base is included), the wall time, and the run's
-`memory:` line. A figure taken while anything else runs is no measurement: the load average is printed before and
-after.
+Each configuration runs in a fresh process, by default inside a memory cgroup capped at `--cap-gb` (20 GB =
+20e9 bytes; Linux cgroup v1 memory controller, as root): a run that finishes there fits in that much memory, page
+cache included, which the kernel reclaims inside the cap before it kills anything. Printed per configuration: done or
+killed, the peak anonymous memory of the process (RssAnon sampled every 0.1 s: what the OS cannot reclaim), its peak
+resident set (VmHWM: anonymous and file pages together, loading the base included), the cgroup's peak usage, the
+wall time and the run's `memory:` line. A figure taken while anything else runs is no measurement: the load average
+is printed before and after.
 """
 from __future__ import annotations
 import argparse, json, os, subprocess, sys, time
@@ -27,8 +30,14 @@ CONFIGS = {
 }
 
 _CHILD = r'''
-import json, sys, time
+import json, re, sys, threading, time
 t0 = time.time()
+peak_anon = [0]
+def sample():
+    while True:
+        kb = int(re.search(r'RssAnon:\s+(\d+)', open('/proc/self/status').read()).group(1))
+        peak_anon[0] = max(peak_anon[0], kb * 1024); time.sleep(0.1)
+threading.Thread(target=sample, daemon=True).start()
 from open_forgetting.models import load_components
 from open_forgetting.train import customize, variant_config, load_json
 base_dir, concept, out, steps, resolution, kw = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
@@ -37,8 +46,26 @@ cfg = variant_config(kw.pop('method'), kw.pop('variant'), max_steps=steps, resol
                      class_sampling_steps=2, checkpoint_every=0, progress=False, dc_n_reg=1, **kw)
 run = customize(base, concept, cfg, out, resume=False)
 hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) * 1024
-print('MEMORY ' + json.dumps(dict(peak_rss_gib=hwm / 2**30, seconds=time.time() - t0, summary=load_json(f'{run}/run.json')['memory']['summary'])))
+print('MEMORY ' + json.dumps(dict(peak_rss_gib=hwm / 2**30, peak_anon_gib=peak_anon[0] / 2**30, seconds=time.time() - t0,
+                                  summary=load_json(f'{run}/run.json')['memory']['summary'])))
 '''
+
+
+CGROUP = Path('/sys/fs/cgroup/memory/open_forgetting_train_memory')
+
+def capped(cap_bytes: int | None):
+    "A preexec function that puts the child in a fresh memory cgroup capped at `cap_bytes` (None when not possible or not asked)."
+    if not cap_bytes: return None
+    try:
+        if CGROUP.exists(): CGROUP.rmdir()
+        CGROUP.mkdir(); (CGROUP / 'memory.limit_in_bytes').write_text(str(cap_bytes))
+    except OSError as e:
+        print(f'no memory cgroup ({e}): running without a cap', flush=True); return None
+    return lambda: (CGROUP / 'tasks').write_text(str(os.getpid()))
+
+def cgroup_peak() -> float | None:
+    try: return int((CGROUP / 'memory.max_usage_in_bytes').read_text()) / 1e9
+    except OSError: return None
 
 
 def main(argv=None):
@@ -48,6 +75,7 @@ def main(argv=None):
     p.add_argument('--configs', default=','.join(CONFIGS))
     p.add_argument('--steps', type=int, default=2)
     p.add_argument('--resolution', type=int, default=512)
+    p.add_argument('--cap-gb', type=float, default=20.0, help='memory cap of each run in GB (1e9 bytes); 0: no cap')
     a = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
     from rehearse_full_size import build_full_size, write_concept
@@ -60,13 +88,16 @@ def main(argv=None):
     for name in a.configs.split(','):
         if name not in CONFIGS: raise SystemExit(f'--configs: unknown {name!r}; use some of {sorted(CONFIGS)}.')
         r = subprocess.run([sys.executable, '-c', _CHILD, str(base), str(concept), str(root / f'run-{name}'), str(a.steps),
-                            str(a.resolution), json.dumps(CONFIGS[name])], capture_output=True, text=True, env=env)
+                            str(a.resolution), json.dumps(CONFIGS[name])], capture_output=True, text=True, env=env,
+                           preexec_fn=capped(int(a.cap_gb * 1e9)))
+        cap = f'cgroup peak {cgroup_peak():.2f} GB of a {a.cap_gb:g} GB cap' if a.cap_gb and cgroup_peak() else 'no cap'
         line = next((l for l in r.stdout.splitlines() if l.startswith('MEMORY ')), None)
         if line is None:
-            print(f'{name}: failed (rc {r.returncode})\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}', flush=True); continue
+            why = 'killed (out of memory under the cap?)' if r.returncode in (-9, 137) else 'failed'
+            print(f'{name:<11} {why}, rc {r.returncode}, {cap}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}', flush=True); continue
         m = json.loads(line[len('MEMORY '):])
-        print(f"{name:<11} peak RSS {m['peak_rss_gib']:.2f} GiB ({m['peak_rss_gib'] * 2**30 / 1e9:.2f} GB), {m['seconds']:.0f} s; "
-              f"{m['summary']}", flush=True)
+        print(f"{name:<11} done; peak anonymous {m['peak_anon_gib'] * 2**30 / 1e9:.2f} GB, peak RSS {m['peak_rss_gib'] * 2**30 / 1e9:.2f} GB, "
+              f"{cap}; {m['seconds']:.0f} s; {m['summary']}", flush=True)
     print(f'load average at the end {os.getloadavg()}')
 
 

@@ -13,10 +13,10 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['get_device', 'get_dtype', 'free_memory', 'peak_memory', 'format_bytes', 'seed_everything', 'torch_generator',
-           'home_dir', 'cache_dir', 'repo_root', 'shipped_path', 'data_path', 'atomic_write', 'atomic_save_json',
-           'load_json', 'load_yaml', 'stable_hash', 'model_fingerprint', 'batched', 'DamagedFileError',
-           'NonFiniteError', 'file_sha256', 'quarantine', 'check_finite', 'check_name']
+__all__ = ['get_device', 'get_dtype', 'free_memory', 'cgroup_memory_room', 'peak_memory', 'format_bytes', 'seed_everything',
+           'torch_generator', 'home_dir', 'cache_dir', 'repo_root', 'shipped_path', 'data_path', 'atomic_write',
+           'atomic_save_json', 'load_json', 'load_yaml', 'stable_hash', 'model_fingerprint', 'batched',
+           'DamagedFileError', 'NonFiniteError', 'file_sha256', 'quarantine', 'check_finite', 'check_name']
 
 # %% ../nbs/00_core.ipynb #26eb37f0
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
@@ -53,7 +53,44 @@ def free_memory(device: str | torch.device | None = None) -> int:
     if device.type == 'cuda':     # blocks PyTorch reserved but no tensor uses are free to it, though not to the driver
         return int(torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     import psutil
-    return int(psutil.virtual_memory().available)
+    room = cgroup_memory_room()                 # a container's or a batch job's cap, which the host's figure does not show
+    available = int(psutil.virtual_memory().available)
+    return available if room is None else min(available, room)
+
+def _cgroup_dirs(proc: str | Path, mountinfo: str | Path) -> list[tuple[Path, int]]:
+    "This process's memory cgroup folders (cgroup v2, or v1's memory controller), with the version, from /proc/self/{cgroup,mountinfo}."
+    mounts = []   # (mount point, root inside the hierarchy, version) of each cgroup mount that controls memory
+    for line in Path(mountinfo).read_text().splitlines():
+        pre, _, post = line.partition(' - ')
+        f, (fstype, _, opts) = pre.split(), (post.split() + ['', '', ''])[:3]
+        if fstype == 'cgroup2': mounts.append((Path(f[4]), f[3], 2))
+        elif fstype == 'cgroup' and 'memory' in opts.split(','): mounts.append((Path(f[4]), f[3], 1))
+    out = []
+    for line in Path(proc).read_text().splitlines():
+        _, controllers, path = line.split(':', 2)
+        version = 2 if controllers == '' else 1 if 'memory' in controllers.split(',') else None
+        for point, root, v in mounts:
+            if v == version and path.startswith(root):
+                rel = path[len(root):].strip('/')
+                out.append((point / rel if rel else point, v))
+    return out
+
+def cgroup_memory_room(proc: str | Path = '/proc/self/cgroup', mountinfo: str | Path = '/proc/self/mountinfo') -> int | None:
+    "[ours] Bytes this process's memory cgroups still allow: the least over its cgroup and their parents of limit − usage + inactive file cache (cgroup v2 memory.max/current, v1 memory.limit_in_bytes/usage_in_bytes); None without a limit or off Linux."
+    # what docker and kubernetes report as a container's available memory; psutil reads the host's /proc/meminfo only
+    names = {2: ('memory.max', 'memory.current', 'inactive_file'), 1: ('memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file')}
+    try: dirs = _cgroup_dirs(proc, mountinfo)
+    except (OSError, ValueError, IndexError): return None
+    rooms = []
+    for d, v in dirs:
+        limit_f, usage_f, inactive = names[v]
+        for folder in [d, *d.parents]:
+            try: limit, usage = (folder / limit_f).read_text().strip(), int((folder / usage_f).read_text())
+            except (OSError, ValueError): continue
+            if limit == 'max' or int(limit) >= 2**62: continue           # no limit here (v1 writes a huge number)
+            stat = dict(l.split() for l in (folder / 'memory.stat').read_text().splitlines()) if (folder / 'memory.stat').exists() else {}
+            rooms.append(max(0, int(limit) - usage + int(stat.get(inactive, 0))))
+    return min(rooms) if rooms else None
 
 def peak_memory(fn, device: str | torch.device | None = None, interval_s: float = 0.001) -> tuple[Any, int]:
     "`(fn(), bytes)`: the most memory `fn` held at once on `device` beyond what was held when it started [ours]."

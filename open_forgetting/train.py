@@ -783,11 +783,12 @@ def teacher_copy_dtype(base_on_device: bool, base_dtype: torch.dtype, frozen_dty
     return training_dtype
 
 @contextlib.contextmanager
-def weights_on_disk(module: nn.Module, folder: str | Path):
-    "[ours] Inside the block `module`'s parameters wait in `folder`, one memory-mapped file each, and hold no memory; on leaving (also after an error) the same Parameter objects get their values back bit for bit and `folder` is removed."
+def weights_on_disk(module: nn.Module, folder: str | Path, readable: bool = True):
+    "[ours] Inside the block `module`'s parameters wait in `folder`, one file each, and hold no memory of their own: `readable` (CPU), each reads from a private memory map of its file (pages the OS may drop and read again), else it is empty; on leaving (also after an error) the same Parameter objects get their values back bit for bit and `folder` is removed."
     # accelerate's offload format (offload_weight / load_offloaded_weight: raw arrays, bf16 and fp8 included) written one
-    # tensor at a time, so the write needs no second copy of the model; accelerate's disk_offload itself streams weights
-    # into forward passes for inference, whereas here the module must hold nothing and come back as it was
+    # tensor at a time, so the write needs no second copy of the model; accelerate's disk_offload itself moves weights
+    # onto the execution device for each forward, whereas here the weights must stay readable in place (DC's live
+    # teacher) without taking memory the OS cannot reclaim
     from accelerate.utils import offload_weight, load_offloaded_weight
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True); folder.mkdir(parents=True)   # (a folder left by a killed process is stale)
@@ -796,19 +797,20 @@ def weights_on_disk(module: nn.Module, folder: str | Path):
         for name, p in params.items():
             index = offload_weight(p.data, name, str(folder), index=index)
             where[name] = p.device
-            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            p.data = (torch.from_file(str(folder / f'{name}.dat'), shared=False, size=max(p.numel(), 1), dtype=p.dtype)[:p.numel()]
+                      .view(p.shape) if readable and p.device.type == 'cpu' else torch.empty(0, dtype=p.dtype, device=p.device))
         yield folder
     finally:
-        for name in where:                                  # only those emptied: an error mid-write loses nothing
+        for name in where:                                  # only those moved: an error mid-write loses nothing
             params[name].data = load_offloaded_weight(str(folder / f'{name}.dat'), index[name]).to(where[name])
         shutil.rmtree(folder, ignore_errors=True)
 
-def offload_choice(setting: bool | None, copies_every_weight: bool, live_teacher: bool, memory_short: bool,
+def offload_choice(setting: bool | None, copies_every_weight: bool, live_teacher_off_cpu: bool, memory_short: bool,
                    disk_room: bool) -> tuple[bool, str]:
-    "[ours] Whether the caller's UNet waits on disk during training (`weights_on_disk`), and why: only when the student copied every UNet weight and no live DC teacher reads the base; None = when memory is short and the disk has room."
+    "[ours] Whether the caller's UNet waits on disk during training (`weights_on_disk`), and why: only when the student copied every UNet weight and no live DC teacher needs it on an accelerator; None = when memory is short and the disk has room."
     if setting is False: return False, 'offload_base=False'
     blocker = ("the student views the base's frozen weights" if not copies_every_weight else
-               "DC's live teacher reads it every step (a `dc_teacher_pool` frees it)" if live_teacher else
+               "DC's live teacher reads it on the accelerator every step (a `dc_teacher_pool` frees it)" if live_teacher_off_cpu else
                'the disk lacks room for it' if not disk_room else None)
     if setting is True:
         if blocker: raise ValueError(f"offload_base=True, but the base UNet cannot wait on disk: {blocker}. Set offload_base=None (automatic) or False.")
@@ -857,8 +859,8 @@ def memory_plan(config: TrainConfig, base: Components, student: Components, para
              f"frozen UNet weights {'shared with the base' if n_shared else 'copied'} ({n_frozen / 1e6:.0f} M)" if n_frozen
              else 'no frozen UNet weights']
     base_bytes = sum(p.numel() * p.element_size() for p in base.unet.parameters())
-    offload, why_off = offload_choice(c.offload_base, n_shared == 0, c.uses_dc and not c.dc_teacher_pool, short,
-                                      disk_free > 1.1 * base_bytes)
+    live_off_cpu = c.uses_dc and not c.dc_teacher_pool and base.unet.device.type != 'cpu'
+    offload, why_off = offload_choice(c.offload_base, n_shared == 0, live_off_cpu, short, disk_free > 1.1 * base_bytes)
     parts.append(f"base UNet {'on disk during training' if offload else 'in memory'} ({_gib(base_bytes)}; {why_off})")
     teacher = None
     if c.uses_dc:
