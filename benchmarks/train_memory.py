@@ -19,7 +19,7 @@ wall time and the run's `memory:` line. A figure taken while anything else runs 
 is printed before and after.
 """
 from __future__ import annotations
-import argparse, json, os, subprocess, sys, time
+import argparse, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 
 CONFIGS = {
@@ -87,6 +87,7 @@ def main(argv=None):
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {os.getloadavg()}", flush=True)
     for name in a.configs.split(','):
         if name not in CONFIGS: raise SystemExit(f'--configs: unknown {name!r}; use some of {sorted(CONFIGS)}.')
+        shutil.rmtree(root / f'run-{name}', ignore_errors=True)        # a fresh run every time: a finished one would be reused
         r = subprocess.run([sys.executable, '-c', _CHILD, str(base), str(concept), str(root / f'run-{name}'), str(a.steps),
                             str(a.resolution), json.dumps(CONFIGS[name])], capture_output=True, text=True, env=env,
                            preexec_fn=capped(int(a.cap_gb * 1e9)))

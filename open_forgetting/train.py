@@ -190,7 +190,7 @@ class TrainConfig:
                                            # None: the caller's UNet when on the device (training dtype or bf16/fp16), else a copy
     share_frozen_weights: bool = True      # the student's frozen UNet weights view the caller's (no second copy; copy on train)
     offload_base: bool | None = None       # the caller's UNet weights wait on disk while a student that copied all of them
-                                           # trains (`weights_on_disk`); None: automatic, when memory is short and no live teacher
+                                           # trains (`weights_on_disk`); None: automatic, when memory is short (05_train, Memory)
     seed: int = 0
     device: str | None = None              # None: cuda > mps > cpu
     resolution: int | None = None          # None: the base model's native resolution
