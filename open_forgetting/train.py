@@ -1298,10 +1298,11 @@ class Trainer:
                 every = c.checkpoint_interval
                 if every and self.step % every == 0 and self.step < c.max_steps: self.save_checkpoint()
                 if c.validation_every and self.step % c.validation_every == 0: self._on_main(self.validate)
+            # the run is done: AdamW's two moments (8 bytes per trained parameter; 7 GB for DreamBooth of SD) would only
+            # raise the peak of the final save and of the base's return from disk, so they go first (a later `run` with
+            # more steps restarts them)
+            getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()
         bar.close()
-        # the run is done: AdamW's two moments (8 bytes per trained parameter; 7 GB for DreamBooth of SD) would only
-        # raise the peak of the final save, so they go first (a later `run` with more steps restarts them)
-        getattr(self.optimizer, 'optimizer', self.optimizer).state.clear()
         self._on_main(self.save)
         if not c.keep_checkpoints_when_done and main:
             shutil.rmtree(self.run_dir / 'checkpoints', ignore_errors=True)   # (DreamBooth checkpoints of SD are ~10 GB)
