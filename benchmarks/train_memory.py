@@ -13,7 +13,8 @@ Configurations (`--configs`, comma-separated):
 Each configuration runs in a fresh process, by default inside a memory cgroup capped at `--cap-gb` (20 GB =
 20e9 bytes; Linux cgroup v1 memory controller, as root): a run that finishes there fits in that much memory, page
 cache included, which the kernel reclaims inside the cap before it kills anything. Printed per configuration: done or
-killed, the peak anonymous memory of the process (RssAnon sampled every 0.1 s: what the OS cannot reclaim), its peak
+killed, the peak anonymous memory of the process (`core.peak_memory` sampled every 0.1 s while it loads the base and
+trains, plus what it held before: what the OS cannot reclaim), its peak
 resident set (VmHWM: anonymous and file pages together, loading the base included), the cgroup's peak usage, the
 wall time and the run's `memory:` line. A figure taken while anything else runs is no measurement: the load average
 is printed before and after.
@@ -30,23 +31,21 @@ CONFIGS = {
 }
 
 _CHILD = r'''
-import json, re, sys, threading, time
-t0 = time.time()
-peak_anon = [0]
-def sample():
-    while True:
-        kb = int(re.search(r'RssAnon:\s+(\d+)', open('/proc/self/status').read()).group(1))
-        peak_anon[0] = max(peak_anon[0], kb * 1024); time.sleep(0.1)
-threading.Thread(target=sample, daemon=True).start()
+import json, sys, time
+import psutil
+from open_forgetting.core import peak_memory
 from open_forgetting.models import load_components
 from open_forgetting.train import customize, variant_config, load_json
+t0, mem = time.time(), psutil.Process().memory_info()
+start = mem.rss - mem.shared                       # anonymous memory held before loading (peak_memory's measure)
 base_dir, concept, out, steps, resolution, kw = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
-base = load_components(base_dir)
-cfg = variant_config(kw.pop('method'), kw.pop('variant'), max_steps=steps, resolution=resolution, num_class_images=1,
-                     class_sampling_steps=2, checkpoint_every=0, progress=False, dc_n_reg=1, **kw)
-run = customize(base, concept, cfg, out, resume=False)
+def load_and_train():
+    cfg = variant_config(kw.pop('method'), kw.pop('variant'), max_steps=steps, resolution=resolution, num_class_images=1,
+                         class_sampling_steps=2, checkpoint_every=0, progress=False, dc_n_reg=1, **kw)
+    return customize(load_components(base_dir), concept, cfg, out, resume=False)
+run, held = peak_memory(load_and_train, 'cpu', interval_s=0.1)
 hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) * 1024
-print('MEMORY ' + json.dumps(dict(peak_rss_gib=hwm / 2**30, peak_anon_gib=peak_anon[0] / 2**30, seconds=time.time() - t0,
+print('MEMORY ' + json.dumps(dict(peak_rss_gib=hwm / 2**30, peak_anon_gib=(start + held) / 2**30, seconds=time.time() - t0,
                                   summary=load_json(f'{run}/run.json')['memory']['summary'])))
 '''
 
@@ -91,7 +90,8 @@ def main(argv=None):
         r = subprocess.run([sys.executable, '-c', _CHILD, str(base), str(concept), str(root / f'run-{name}'), str(a.steps),
                             str(a.resolution), json.dumps(CONFIGS[name])], capture_output=True, text=True, env=env,
                            preexec_fn=capped(int(a.cap_gb * 1e9)))
-        cap = f'cgroup peak {cgroup_peak():.2f} GB of a {a.cap_gb:g} GB cap' if a.cap_gb and cgroup_peak() else 'no cap'
+        peak = cgroup_peak() if a.cap_gb else None
+        cap = f'cgroup peak {peak:.2f} GB of a {a.cap_gb:g} GB cap' if peak else 'no cap'
         line = next((l for l in r.stdout.splitlines() if l.startswith('MEMORY ')), None)
         if line is None:
             why = 'killed (out of memory under the cap?)' if r.returncode in (-9, 137) else 'failed'

@@ -57,8 +57,8 @@ def free_memory(device: str | torch.device | None = None) -> int:
     available = int(psutil.virtual_memory().available)
     return available if room is None else min(available, room)
 
-def _cgroup_dirs(proc: str | Path, mountinfo: str | Path) -> list[tuple[Path, int]]:
-    "This process's memory cgroup folders (cgroup v2, or v1's memory controller), with the version, from /proc/self/{cgroup,mountinfo}."
+def _cgroup_dirs(proc: str | Path, mountinfo: str | Path) -> list[tuple[list[Path], int]]:
+    "This process's memory cgroups (cgroup v2, or v1's memory controller) from /proc/self/{cgroup,mountinfo}: each its folder and those above it up to the mount point, with the version."
     mounts = []   # (mount point, root inside the hierarchy, version) of each cgroup mount that controls memory
     for line in Path(mountinfo).read_text().splitlines():
         pre, _, post = line.partition(' - ')
@@ -71,8 +71,8 @@ def _cgroup_dirs(proc: str | Path, mountinfo: str | Path) -> list[tuple[Path, in
         version = 2 if controllers == '' else 1 if 'memory' in controllers.split(',') else None
         for point, root, v in mounts:
             if v == version and path.startswith(root):
-                rel = path[len(root):].strip('/')
-                out.append((point / rel if rel else point, v))
+                rel = Path(path[len(root):].strip('/')); here = point / rel
+                out.append(([here, *here.parents][:len(rel.parts) + 1], v))   # (limits above the mount point are not ours to read)
     return out
 
 def cgroup_memory_room(proc: str | Path = '/proc/self/cgroup', mountinfo: str | Path = '/proc/self/mountinfo') -> int | None:
@@ -82,9 +82,9 @@ def cgroup_memory_room(proc: str | Path = '/proc/self/cgroup', mountinfo: str | 
     try: dirs = _cgroup_dirs(proc, mountinfo)
     except (OSError, ValueError, IndexError): return None
     rooms = []
-    for d, v in dirs:
+    for folders, v in dirs:
         limit_f, usage_f, inactive = names[v]
-        for folder in [d, *d.parents]:
+        for folder in folders:
             try: limit, usage = (folder / limit_f).read_text().strip(), int((folder / usage_f).read_text())
             except (OSError, ValueError): continue
             if limit == 'max' or int(limit) >= 2**62: continue           # no limit here (v1 writes a huge number)

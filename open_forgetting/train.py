@@ -797,8 +797,8 @@ def weights_on_disk(module: nn.Module, folder: str | Path, readable: bool = True
         for name, p in params.items():
             index = offload_weight(p.data, name, str(folder), index=index)
             where[name] = p.device
-            p.data = (torch.from_file(str(folder / f'{name}.dat'), shared=False, size=max(p.numel(), 1), dtype=p.dtype)[:p.numel()]
-                      .view(p.shape) if readable and p.device.type == 'cpu' else torch.empty(0, dtype=p.dtype, device=p.device))
+            p.data = (torch.from_file(str(folder / f'{name}.dat'), shared=False, size=p.numel(), dtype=p.dtype).view(p.shape)
+                       if readable and p.device.type == 'cpu' else torch.empty(0, dtype=p.dtype, device=p.device))
         yield folder
     finally:
         for name in where:                                  # only those moved: an error mid-write loses nothing
