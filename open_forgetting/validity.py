@@ -17,9 +17,9 @@ from .plots import CONTROL_LABEL
 from .results import load_results
 
 # %% auto #0
-__all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'rank_correlation', 'within_rank_correlation', 'load_lab', 'lab_measures',
-           'lab_prompt_measures', 'metric_validity', 'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier',
-           'frontier_gaps', 'plot_frontier', 'lab_root', 'lab_report']
+__all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'rank_correlation', 'within_rank_correlation',
+           'load_lab', 'lab_measures', 'lab_prompt_measures', 'metric_validity', 'plot_validity', 'tradeoff',
+           'plot_tradeoff', 'frontier', 'frontier_gaps', 'plot_frontier', 'lab_root', 'lab_report']
 
 # %% ../nbs/20_validity.ipynb #e0d83897
 def rank_correlation(x, y, clusters=None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
@@ -201,6 +201,15 @@ DB_FRONTIER = {   # knob -> (laboratory configuration, variant, knob's value); e
     'lower learning rate': [('db-lr-1e-4', 'plain', 1e-4), ('db-lr-5e-5', 'plain', 5e-5), ('recipe', 'plain', 2e-5)],
     'prior-preservation weight': [('db-lr-1e-4', 'plain', 1.0), ('db-lr-1e-4-pr-5', 'plain', 5.0), ('db-lr-1e-4-pr-25', 'plain', 25.0)],
 }
+LORA_FRONTIER = {   # the same for LoRA from lr 1e-3 (rank 4, 500 steps, λ_pr 1; at 1e-4 it hardly learns), its own knob the rank
+    'Drift Correction λ': [('lora-lr-1e-3', 'plain', 0.0), ('lora-lr-1e-3-lambda-5', 'dc', 5.0), ('lora-lr-1e-3-lambda-20', 'dc', 20.0),
+                           ('lora-lr-1e-3-lambda-50', 'dc', 50.0), ('lora-lr-1e-3', 'dc', 175.0)],
+    'fewer steps': [('lora-lr-1e-3', 'plain', 500.0), ('lora-lr-1e-3-300-steps', 'plain', 300.0), ('lora-lr-1e-3-100-steps', 'plain', 100.0)],
+    'lower learning rate': [('lora-lr-1e-3', 'plain', 1e-3), ('lora-lr-3e-4', 'plain', 3e-4), ('lora', 'plain', 1e-4)],
+    'lower LoRA rank': [('lora-lr-1e-3', 'plain', 4.0), ('lora-lr-1e-3-rank-2', 'plain', 2.0), ('lora-lr-1e-3-rank-1', 'plain', 1.0)],
+    'prior-preservation weight': [('lora-lr-1e-3', 'plain', 1.0), ('lora-lr-1e-3-pr-5', 'plain', 5.0)],
+}
+FRONTIERS = {'DreamBooth': DB_FRONTIER, 'LoRA': LORA_FRONTIER}   # method -> its knobs (lab_report draws each whose configurations exist)
 
 def frontier(long: pd.DataFrame, families: Mapping[str, Sequence[tuple]] = DB_FRONTIER, x: str = 'gt_fidelity', y: str = 'gt_drift',
              training_seed: int = 0) -> pd.DataFrame:
@@ -269,12 +278,14 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
               'validity_inside_model': metric_validity(prompts, unit=[*_WHO, 'prompt'], cluster=_WHO, within=True, n_boot=n_boot)}
     sweep = models[models.config.isin(tradeoff_configs) & (models.training_seed == tradeoff_seed)]
     if len(sweep): tables['tradeoff'] = tradeoff(sweep, x='gt_fidelity', y='drop: miniworld:shape', by=('variant', 'lambda_dc'))
-    frontiers = {}   # DC's frontier against the other knobs, by both protection measures
-    for y, suffix in (('gt_drift', ''), ('drop: miniworld:shape', '_shape_drop')):
-        pts = frontier(models, x='gt_fidelity', y=y, training_seed=tradeoff_seed)
-        if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
-            frontiers[y] = tables[f'frontier{suffix}'] = pts
-            tables[f'frontier_gaps{suffix}'] = frontier_gaps(pts, y=y)
+    frontiers = {}   # (method, protection measure) -> DC's frontier against the other knobs, where they were run
+    for method, families in FRONTIERS.items():
+        prefix = '' if method == 'DreamBooth' else f'{method.lower()}_'   # DreamBooth's tables keep their first names
+        for y, suffix in (('gt_drift', ''), ('drop: miniworld:shape', '_shape_drop')):
+            pts = frontier(models, families, x='gt_fidelity', y=y, training_seed=tradeoff_seed)
+            if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
+                frontiers[method, y] = tables[f'{prefix}frontier{suffix}'] = pts
+                tables[f'{prefix}frontier_gaps{suffix}'] = frontier_gaps(pts, y=y)
     if out is not None:
         for name, t in tables.items(): save_table(t, out, name)
         ax = plot_validity({'per model': tables['validity_per_model'], 'per model x prompt': tables['validity_per_prompt'],
@@ -286,11 +297,13 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             ax.set_title(f'Drift Correction at lr 1e-4, training seed {tradeoff_seed}: mean ± s.e. over 3 concepts', fontsize=9)
             ax.figure.tight_layout()
             save_figure(ax.figure, Path(out) / 'tradeoff')
-        if frontiers:
-            import matplotlib.pyplot as plt
-            fig, axes = plt.subplots(1, len(frontiers), figsize=(6.5 * len(frontiers), 4.8), squeeze=False)
-            for ax, (y, pts) in zip(axes[0], frontiers.items()): plot_frontier(pts, y=y, ax=ax)
-            fig.suptitle(f'DreamBooth (lr 1e-4) moved towards the base by four knobs, training seed {tradeoff_seed}: '
-                         'mean ± s.e. over 3 concepts', fontsize=9)
-            fig.tight_layout(); save_figure(fig, Path(out) / 'frontier')
+        import matplotlib.pyplot as plt
+        for method in dict.fromkeys(m for m, _ in frontiers):   # one figure per method, one panel per protection measure
+            panels = {y: pts for (m, y), pts in frontiers.items() if m == method}
+            fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+            for ax, (y, pts) in zip(axes[0], panels.items()): plot_frontier(pts, y=y, ax=ax)
+            n_knobs = next(iter(panels.values())).knob.nunique() - 1
+            fig.suptitle(f'{method} (lr 1e-4) moved towards the base by DC and {n_knobs} other knob(s), training seed {tradeoff_seed}: '
+                         'mean ± s.e. over its concepts', fontsize=9)
+            fig.tight_layout(); save_figure(fig, Path(out) / ('frontier' if method == 'DreamBooth' else f'{method.lower()}_frontier'))
     return tables

@@ -22,6 +22,10 @@ def _db_plain(**settings) -> dict:
     return dict(methods=['dreambooth'], variants=['plain'], seeds=[0],
                 set={f'training.settings.{k}': v for k, v in {'learning_rate': 1.0e-4, **settings}.items()})
 
+def _lora(variants: list[str], **overrides) -> dict:
+    "LoRA at training seed 0, lr 1e-3, rank 4, 500 steps, DC λ 175 unless `overrides` (study keys) say otherwise."
+    return dict(methods=['lora'], variants=variants, seeds=[0], set={'training.settings.learning_rate': 1.0e-3, **overrides})
+
 CONFIGS = {   # name -> methods, variants, training seeds, study overrides
     'recipe': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0], set={}),   # the first base's demo recipe, λ = 175
     'db-150-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0], set={'training.settings.max_steps': 150}),
@@ -41,6 +45,16 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides
     'custom-diffusion': dict(methods=['custom_diffusion'], variants=['plain', 'dc'], seeds=[0],
                              set={'training.settings.learning_rate': 1.0e-4}),
     'hypermod': dict(methods=['hypermod'], variants=['plain', 'dc'], seeds=[0], set={'training.settings.learning_rate': 1.0e-4}),
+    # LoRA's frontier (`validity.LORA_FRONTIER`). At lr 1e-4 (`lora`) LoRA hardly learns a concept on this base (ground-
+    # truth fidelity 0.13), so there is no fidelity to trade: the frontier starts from lr 1e-3 (rank 4, 500 steps), DC at
+    # λ 5-175, and the alternatives: fewer steps, a lower learning rate (3e-4, and `lora`'s 1e-4), a lower rank, a heavier
+    # prior. Run `lora-lr-1e-3` and `lora-lr-3e-4` first: if lr 1e-3 does not learn the concept either, the rest is moot.
+    'lora-lr-1e-3': _lora(['plain', 'dc']),
+    **{f'lora-lr-1e-3-lambda-{l:g}': _lora(['dc'], **{'drift_correction.lambda_dc': l}) for l in (5.0, 20.0, 50.0)},
+    **{f'lora-lr-1e-3-{n}-steps': _lora(['plain'], **{'training.settings.max_steps': n}) for n in (300, 100)},
+    'lora-lr-3e-4': _lora(['plain'], **{'training.settings.learning_rate': 3.0e-4}),
+    **{f'lora-lr-1e-3-rank-{r}': _lora(['plain'], **{'training.settings.lora_rank': r}) for r in (2, 1)},
+    'lora-lr-1e-3-pr-5': _lora(['plain'], **{'training.settings.lambda_pr': 5.0}),
 }
 
 
