@@ -17,9 +17,10 @@ from .plots import CONTROL_LABEL
 from .results import load_results
 
 # %% auto #0
-__all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'rank_correlation', 'within_rank_correlation',
-           'load_lab', 'lab_measures', 'lab_prompt_measures', 'metric_validity', 'plot_validity', 'tradeoff',
-           'plot_tradeoff', 'frontier', 'frontier_gaps', 'plot_frontier', 'lab_root', 'lab_report']
+__all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'FRONTIER_STARTS', 'rank_correlation',
+           'within_rank_correlation', 'load_lab', 'lab_measures', 'lab_prompt_measures', 'metric_validity',
+           'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier', 'frontier_gaps', 'plot_frontier', 'lab_root',
+           'lab_report']
 
 # %% ../nbs/20_validity.ipynb #e0d83897
 def rank_correlation(x, y, clusters=None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
@@ -210,6 +211,7 @@ LORA_FRONTIER = {   # the same for LoRA from lr 1e-3 (rank 4, 500 steps, λ_pr 1
     'prior-preservation weight': [('lora-lr-1e-3', 'plain', 1.0), ('lora-lr-1e-3-pr-5', 'plain', 5.0)],
 }
 FRONTIERS = {'DreamBooth': DB_FRONTIER, 'LoRA': LORA_FRONTIER}   # method -> its knobs (lab_report draws each whose configurations exist)
+FRONTIER_STARTS = {'DreamBooth': 'lr 1e-4, 500 steps', 'LoRA': 'lr 1e-3, rank 4, 500 steps'}   # where every knob of a method starts
 
 def frontier(long: pd.DataFrame, families: Mapping[str, Sequence[tuple]] = DB_FRONTIER, x: str = 'gt_fidelity', y: str = 'gt_drift',
              training_seed: int = 0) -> pd.DataFrame:
@@ -283,6 +285,7 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
         prefix = '' if method == 'DreamBooth' else f'{method.lower()}_'   # DreamBooth's tables keep their first names
         for y, suffix in (('gt_drift', ''), ('drop: miniworld:shape', '_shape_drop')):
             pts = frontier(models, families, x='gt_fidelity', y=y, training_seed=tradeoff_seed)
+            if len(pts): pts = pts[pts.groupby('knob').knob.transform('size') > 1]   # knobs not run beyond the start are left out
             if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
                 frontiers[method, y] = tables[f'{prefix}frontier{suffix}'] = pts
                 tables[f'{prefix}frontier_gaps{suffix}'] = frontier_gaps(pts, y=y)
@@ -303,7 +306,7 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
             for ax, (y, pts) in zip(axes[0], panels.items()): plot_frontier(pts, y=y, ax=ax)
             n_knobs = next(iter(panels.values())).knob.nunique() - 1
-            fig.suptitle(f'{method} (lr 1e-4) moved towards the base by DC and {n_knobs} other knob(s), training seed {tradeoff_seed}: '
+            fig.suptitle(f'{method} ({FRONTIER_STARTS[method]}) moved towards the base by DC and {n_knobs} other knob(s), training seed {tradeoff_seed}: '
                          'mean ± s.e. over its concepts', fontsize=9)
             fig.tight_layout(); save_figure(fig, Path(out) / ('frontier' if method == 'DreamBooth' else f'{method.lower()}_frontier'))
     return tables
