@@ -55,15 +55,22 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides
     'lora-lr-3e-4': _lora(['plain'], **{'training.settings.learning_rate': 3.0e-4}),
     **{f'lora-lr-1e-3-rank-{r}': _lora(['plain'], **{'training.settings.lora_rank': r}) for r in (2, 1)},
     'lora-lr-1e-3-pr-5': _lora(['plain'], **{'training.settings.lambda_pr': 5.0}),
+    # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
+    # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`--results`, see TEACHER_POOL_RESULTS):
+    # near-copies of the live DC models would weigh twice in the metric-validity set.
+    'db-lr-1e-4-teacher-pool': dict(methods=['dreambooth'], variants=['dc'], seeds=[0, 1, 2],
+                                    set={'training.settings.learning_rate': 1.0e-4, 'training.settings.dc_teacher_pool': 1024}),
 }
+TEACHER_POOL_RESULTS = REPO / 'data' / 'miniworld' / 'lab' / 'teacher_pool'
 
 
 DRIFT_MAP_PARAMS = dict(vocabulary='miniworld', n_samples=4, top_k=2)   # all 1,260 captions, 4 paired samples each
 
 
-def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_map: bool = False) -> None:
+def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_map: bool = False, results: Path | None = None) -> None:
     from open_forgetting.results import publish_run
     from open_forgetting.validity import lab_root
+    results = results or (TEACHER_POOL_RESULTS if name == 'db-lr-1e-4-teacher-pool' else lab_root())
     for seed in seeds or cfg['seeds']:
         run_dir = runs / name / f'seed-{seed}'
         sets = {**cfg['set'], 'training.settings.seed': seed}
@@ -76,7 +83,7 @@ def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_
         for what, extra in passes:
             print(f'# {name} seed {seed}{what}:', ' '.join([*base[2:], *extra]), flush=True)
             subprocess.run([*base, *extra], check=True)
-        actions = publish_run(run_dir, seed=seed, dest=lab_root() / name, study=str(STUDY))
+        actions = publish_run(run_dir, seed=seed, dest=results / name, study=str(STUDY))
         print(actions.to_string(index=False), flush=True)
 
 
