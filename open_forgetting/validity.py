@@ -19,8 +19,8 @@ from .results import load_results
 # %% auto #0
 __all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'FRONTIER_STARTS', 'rank_correlation',
            'within_rank_correlation', 'load_lab', 'lab_measures', 'lab_prompt_measures', 'metric_validity',
-           'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier', 'frontier_gaps', 'plot_frontier', 'lab_root',
-           'lab_report']
+           'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier_name', 'frontier', 'frontier_gaps', 'plot_frontier',
+           'lab_root', 'lab_report']
 
 # %% ../nbs/20_validity.ipynb #e0d83897
 def rank_correlation(x, y, clusters=None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
@@ -213,6 +213,10 @@ LORA_FRONTIER = {   # the same for LoRA from lr 1e-3 (rank 4, 500 steps, λ_pr 1
 FRONTIERS = {'DreamBooth': DB_FRONTIER, 'LoRA': LORA_FRONTIER}   # method -> its knobs (lab_report draws each whose configurations exist)
 FRONTIER_STARTS = {'DreamBooth': 'lr 1e-4, 500 steps', 'LoRA': 'lr 1e-3, rank 4, 500 steps'}   # where every knob of a method starts
 
+def frontier_name(method: str, name: str = 'frontier') -> str:
+    "The file name of one of a method's frontier tables or figure: DreamBooth's keep their first names, the others carry the method (`lora_frontier_gaps`)."
+    return name if method == 'DreamBooth' else f'{method.lower()}_{name}'
+
 def frontier(long: pd.DataFrame, families: Mapping[str, Sequence[tuple]] = DB_FRONTIER, x: str = 'gt_fidelity', y: str = 'gt_drift',
              training_seed: int = 0) -> pd.DataFrame:
     "One row per knob × value: mean and standard error over the models of its configuration (`tradeoff`), at one training seed [ours]."
@@ -282,13 +286,12 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
     if len(sweep): tables['tradeoff'] = tradeoff(sweep, x='gt_fidelity', y='drop: miniworld:shape', by=('variant', 'lambda_dc'))
     frontiers = {}   # (method, protection measure) -> DC's frontier against the other knobs, where they were run
     for method, families in FRONTIERS.items():
-        prefix = '' if method == 'DreamBooth' else f'{method.lower()}_'   # DreamBooth's tables keep their first names
         for y, suffix in (('gt_drift', ''), ('drop: miniworld:shape', '_shape_drop')):
             pts = frontier(models, families, x='gt_fidelity', y=y, training_seed=tradeoff_seed)
             if len(pts): pts = pts[pts.groupby('knob').knob.transform('size') > 1]   # knobs not run beyond the start are left out
             if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
-                frontiers[method, y] = tables[f'{prefix}frontier{suffix}'] = pts
-                tables[f'{prefix}frontier_gaps{suffix}'] = frontier_gaps(pts, y=y)
+                frontiers[method, y] = tables[frontier_name(method, f'frontier{suffix}')] = pts
+                tables[frontier_name(method, f'frontier_gaps{suffix}')] = frontier_gaps(pts, y=y)
     if out is not None:
         for name, t in tables.items(): save_table(t, out, name)
         ax = plot_validity({'per model': tables['validity_per_model'], 'per model x prompt': tables['validity_per_prompt'],
@@ -308,5 +311,5 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             n_knobs = next(iter(panels.values())).knob.nunique() - 1
             fig.suptitle(f'{method} ({FRONTIER_STARTS[method]}) moved towards the base by DC and {n_knobs} other knob(s), training seed {tradeoff_seed}: '
                          'mean ± s.e. over its concepts', fontsize=9)
-            fig.tight_layout(); save_figure(fig, Path(out) / ('frontier' if method == 'DreamBooth' else f'{method.lower()}_frontier'))
+            fig.tight_layout(); save_figure(fig, Path(out) / frontier_name(method))
     return tables

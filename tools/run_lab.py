@@ -26,7 +26,7 @@ def _lora(variants: list[str], **overrides) -> dict:
     "LoRA at training seed 0, lr 1e-3, rank 4, 500 steps, DC λ 175 unless `overrides` (study keys) say otherwise."
     return dict(methods=['lora'], variants=variants, seeds=[0], set={'training.settings.learning_rate': 1.0e-3, **overrides})
 
-CONFIGS = {   # name -> methods, variants, training seeds, study overrides
+CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and where to publish, when not the laboratory's results)
     'recipe': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0], set={}),   # the first base's demo recipe, λ = 175
     'db-150-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0], set={'training.settings.max_steps': 150}),
     'db-lr-1e-4': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0, 1, 2], set={'training.settings.learning_rate': 1.0e-4}),
@@ -56,21 +56,21 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides
     **{f'lora-lr-1e-3-rank-{r}': _lora(['plain'], **{'training.settings.lora_rank': r}) for r in (2, 1)},
     'lora-lr-1e-3-pr-5': _lora(['plain'], **{'training.settings.lambda_pr': 5.0}),
     # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
-    # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`--results`, see TEACHER_POOL_RESULTS):
-    # near-copies of the live DC models would weigh twice in the metric-validity set.
+    # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`publish_to`): near-copies of the live
+    # DC models would weigh twice in the metric-validity set, which reads every configuration under `validity.lab_root()`.
     'db-lr-1e-4-teacher-pool': dict(methods=['dreambooth'], variants=['dc'], seeds=[0, 1, 2],
-                                    set={'training.settings.learning_rate': 1.0e-4, 'training.settings.dc_teacher_pool': 1024}),
+                                    set={'training.settings.learning_rate': 1.0e-4, 'training.settings.dc_teacher_pool': 1024},
+                                    publish_to=REPO / 'data' / 'miniworld' / 'lab' / 'teacher_pool'),
 }
-TEACHER_POOL_RESULTS = REPO / 'data' / 'miniworld' / 'lab' / 'teacher_pool'
 
 
 DRIFT_MAP_PARAMS = dict(vocabulary='miniworld', n_samples=4, top_k=2)   # all 1,260 captions, 4 paired samples each
 
 
-def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_map: bool = False, results: Path | None = None) -> None:
+def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_map: bool = False) -> None:
     from open_forgetting.results import publish_run
     from open_forgetting.validity import lab_root
-    results = results or (TEACHER_POOL_RESULTS if name == 'db-lr-1e-4-teacher-pool' else lab_root())
+    results = cfg.get('publish_to') or lab_root()   # a configuration may be published apart from the validity set
     for seed in seeds or cfg['seeds']:
         run_dir = runs / name / f'seed-{seed}'
         sets = {**cfg['set'], 'training.settings.seed': seed}
