@@ -404,15 +404,16 @@ def ground_truth_table(results: Mapping[str, pd.DataFrame], unit: str = 'cell', 
 FORGETTING_METRICS = ('drop', 'worst_drop', 'mean_class_drop', 'score_drift', 'gt_drift')   # lower = less forgetting
 
 def paired_effect(cells: pd.DataFrame, metric: str, treatment: str = 'dc', reference: str = 'plain', by: Sequence[str] = ('dataset', 'method'),
-                  unit: str = 'cell', ci: float = 0.95) -> pd.DataFrame:
-    "Per group `by`: the mean over pairs matched on concept and training seed of `metric`(treatment) − `metric`(reference), with the paired Student-t interval over the pairs [ours]."
+                  unit: str = 'cell', ci: float = 0.95, arm: str = 'variant') -> pd.DataFrame:
+    "Per group `by`: the mean over pairs matched on concept and training seed of `metric`(treatment) − `metric`(reference), the two arms named in column `arm`, with the paired Student-t interval over the pairs [ours]."
     check_choice('unit', unit, ('cell', 'concept'))
-    by = [b for b in by if b in cells]
+    if arm not in cells: raise ValueError(f"arm={arm!r} is not a column of the cells (columns: {list(cells.columns)}): name the column that holds {treatment!r} and {reference!r}.")
+    by = [b for b in by if b in cells and b != arm]
     keys = [*by, 'concept', 'training_seed']
-    side = lambda v: cells[cells.variant == v].set_index(keys)[metric]
+    side = lambda v: cells[cells[arm] == v].set_index(keys)[metric]
     t, r = side(treatment), side(reference)
     for name, s in ((treatment, t), (reference, r)):
-        if s.index.duplicated().any(): raise ValueError(f"variant {name!r} has several rows per {keys}: give one row per cell (e.g. cell_drift's).")
+        if s.index.duplicated().any(): raise ValueError(f"{arm} {name!r} has several rows per {keys}: give one row per cell (e.g. cell_drift's).")
     diff = (t - r).dropna().rename('diff').reset_index()         # matched on concept and seed; unmatched cells drop out
     if unit == 'concept': diff = diff.groupby([*by, 'concept'], as_index=False)['diff'].mean()
     rows = []

@@ -17,10 +17,10 @@ from .plots import CONTROL_LABEL
 from .results import load_results
 
 # %% auto #0
-__all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'FRONTIER_STARTS', 'rank_correlation',
+__all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'FRONTIER_STARTS', 'TEACHER_POOL', 'rank_correlation',
            'within_rank_correlation', 'load_lab', 'lab_measures', 'lab_prompt_measures', 'metric_validity',
            'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier_name', 'frontier', 'frontier_gaps', 'plot_frontier',
-           'lab_root', 'lab_report']
+           'config_effect', 'lab_root', 'lab_report']
 
 # %% ../nbs/20_validity.ipynb #e0d83897
 def rank_correlation(x, y, clusters=None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
@@ -262,19 +262,39 @@ def plot_frontier(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_dri
     ax.figure.tight_layout()
     return ax
 
+# %% ../nbs/20_validity.ipynb #508bed08
+def config_effect(models: pd.DataFrame, treatment: str, reference: str,
+                  measures: Sequence[str] = ('gt_drift', 'gt_fidelity', 'drop: miniworld:shape'), variant: str | None = None,
+                  ci: float = 0.95) -> pd.DataFrame:
+    "Laboratory configuration `treatment` − `reference` (`lab_measures`' rows, of one `variant` if given) per measure and method, paired on concept and training seed [ours]."
+    from open_forgetting.results import paired_effect
+    if variant is not None: models = models[models.variant == variant]
+    if missing := [c for c in (treatment, reference) if c not in set(models.config)]:
+        raise ValueError(f"configuration(s) {missing} have no rows{f' of variant {variant!r}' if variant else ''} "
+                         f"(configurations: {sorted(set(models.config))}).")
+    sub = models[models.config.isin([treatment, reference])]
+    if bad := [m for m in measures if m not in set(sub.measure)]:
+        raise ValueError(f"measure(s) {bad} were not measured (measures: {sorted(set(sub.measure))}).")
+    wide = sub.pivot_table(index=_WHO, columns='measure', values='value').reset_index()
+    return pd.concat([paired_effect(wide, m, treatment, reference, by=('method',), ci=ci, arm='config') for m in measures],
+                     ignore_index=True)
+
 # %% ../nbs/20_validity.ipynb #4fc0c8e6
 def lab_root() -> Path:
     "The committed laboratory results: `data/miniworld/lab/results`."
     return repo_root() / 'data' / 'miniworld' / 'lab' / 'results'
 
 # %% ../nbs/20_validity.ipynb #cf93831d
+TEACHER_POOL = ('db-lr-1e-4-teacher-pool', 'db-lr-1e-4')   # (teacher cache, live teacher): the laboratory configurations compared
+
 def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_boot: int = 1000,
                tradeoff_configs: Sequence[str] = ('db-lr-1e-4', 'lr-1e-4-lambda-20', 'lr-1e-4-lambda-50', 'lr-1e-4-lambda-500'),
-               tradeoff_seed: int = 0) -> dict[str, pd.DataFrame]:
-    "The laboratory's tables: validity per model (against both ground truths), per model × prompt and inside each model, and DC's trade-off and frontier against the other knobs at one training seed; with `out`, CSVs and figures written there [ours]."
+               tradeoff_seed: int = 0, pool: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    "The laboratory's tables: validity per model (against both ground truths), per model × prompt and inside each model, DC's trade-off and frontier against the other knobs at one training seed, and the teacher cache against the live teacher where `pool` (default: `teacher_pool/` beside `root`) holds it; with `out`, CSVs and figures written there [ours]."
     from open_forgetting.plots import save_figure
     from open_forgetting.study import save_table
-    lab = load_lab(root or lab_root())
+    root = Path(root or lab_root())
+    lab = load_lab(root)
     models, prompts = lab_measures(lab), lab_prompt_measures(lab)
     tables = {'validity_per_model': metric_validity(models, n_boot=n_boot),
               'validity_per_model_adherence': metric_validity(models, truth='adherence_drop', n_boot=n_boot),
@@ -292,6 +312,10 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
                 frontiers[method, y] = tables[frontier_name(method, f'frontier{suffix}')] = pts
                 tables[frontier_name(method, f'frontier_gaps{suffix}')] = frontier_gaps(pts, y=y)
+    pool = Path(pool) if pool is not None else root.parent / 'teacher_pool'
+    if any(pool.glob(f'{TEACHER_POOL[0]}/seed-*')):   # kept apart from `root`: near-copies of the live DC models
+        both = pd.concat([models, lab_measures(load_lab(pool))], ignore_index=True)
+        tables['teacher_pool_vs_live'] = config_effect(both, *TEACHER_POOL, variant='dc')
     if out is not None:
         for name, t in tables.items(): save_table(t, out, name)
         ax = plot_validity({'per model': tables['validity_per_model'], 'per model x prompt': tables['validity_per_prompt'],
