@@ -16,6 +16,7 @@ Measure only on a quiet machine (load average well below the core count).
     python benchmarks/classifier.py --device cuda --sd15 --compile    # GPU, SD-1.5-sized UNet (random weights), bf16, fraction of peak
     python benchmarks/classifier.py --threads 2 --miniworld-model --images 16   # the demo's model, prompts, images and schedule
     python benchmarks/classifier.py --n-samples 5 20 --runs 3         # a quick check of the script (not the protocol's schedule)
+    python benchmarks/classifier.py --threads 2 --profile             # and where ours spends its time (operators' self time)
 
 `--miniworld` measures instead how much classifying several images per UNet call helps a small model: the shipped
 miniworld base model, the miniworld preset schedule (to_keep 2 1, n_samples 4 12, 8 shape prompts: 48 UNet samples
@@ -202,6 +203,8 @@ def main():
     ap.add_argument('--miniworld-model', action='store_true', help='ours vs the reference on the shipped miniworld base model, '
                     'its shape prompts and images and the miniworld study schedule (2 1 / 4 12) instead of the tiny model on CIFAR-10')
     ap.add_argument('--repeats', type=int, default=3, help='--miniworld: timed runs of each setting (median reported)')
+    ap.add_argument('--profile', action='store_true', help="after the timed runs, where ours spends its time: torch.profiler's "
+                    'top operators over one image (self time)')
     args = ap.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
     if args.miniworld: return miniworld_groups(args)
@@ -271,6 +274,19 @@ def main():
     ratio = np.median(times['reference loop']) / np.median(times['open_forgetting'])
     print(f'speed-up (median reference time / median ours): {ratio:.2f}x')
     assert same, 'open_forgetting and the reference loop disagree on a prediction'
+    if args.profile: profile_ours(comps, torch.utils.data.Subset(ds, [0]), prompts, cfg)
+
+
+def profile_ours(comps, ds, prompts, cfg, top: int = 12):
+    "Self time per operator while ours classifies `ds`: what a faster classifier would have to make faster."
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    ds.classes = getattr(ds.dataset, 'classes', None)
+    with profile(activities=acts) as prof: classify(comps, ds, prompts, cfg, cache=False, progress=False)
+    ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ev)
+    print(f'profile of ours over one image ({total / 1e6:.1f} s of operator self time on the CPU):')
+    for e in ev[:top]: print(f'  {e.self_cpu_time_total / total:6.1%}  {e.count:6d} calls  {e.key}')
 
 
 if __name__ == '__main__':

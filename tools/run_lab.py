@@ -27,6 +27,8 @@ def _lora(variants: list[str], **overrides) -> dict:
     "LoRA at training seed 0, lr 1e-3, rank 4, 500 steps, DC λ 175 unless `overrides` (study keys) say otherwise."
     return dict(methods=['lora'], variants=variants, seeds=[0], set={'training.settings.learning_rate': 1.0e-3, **overrides})
 
+LORA_WIDE = ['to_q', 'to_k', 'to_v', 'to_out.0', 'proj_in', 'proj_out', 'ff.net.0.proj', 'ff.net.2', 'conv1', 'conv2']
+
 CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and where to publish, when not the laboratory's results)
     'recipe': dict(methods=['dreambooth'], variants=['plain', 'dc'], seeds=[0], set={}),   # the first base's demo recipe, λ = 175
     'db-150-steps': dict(methods=['dreambooth'], variants=['plain'], seeds=[0], set={'training.settings.max_steps': 150}),
@@ -56,6 +58,11 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and 
     'lora-lr-3e-4': _lora(['plain'], **{'training.settings.learning_rate': 3.0e-4}),
     **{f'lora-lr-1e-3-rank-{r}': _lora(['plain'], **{'training.settings.lora_rank': r}) for r in (2, 1)},
     'lora-lr-1e-3-pr-5': _lora(['plain'], **{'training.settings.lambda_pr': 5.0}),
+    # LoRA recipes with more capacity, looking for one that learns the concept (lr 1e-3 at rank 4 on the attention
+    # projections gives ground-truth fidelity 0.25): rank 16; and adapters on every projection, feed-forward and ResNet
+    # convolution too (the "LoCon" layout of community trainers), since this UNet has attention in only two of its blocks
+    'lora-lr-1e-3-rank-16': _lora(['plain'], **{'training.settings.lora_rank': 16}),
+    'lora-lr-1e-3-wide': _lora(['plain'], **{'training.settings.lora_targets': LORA_WIDE}),
     # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
     # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`publish_to`): near-copies of the live
     # DC models would weigh twice in the metric-validity set, which reads every configuration under `validity.lab_root()`.
