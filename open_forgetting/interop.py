@@ -94,11 +94,12 @@ def fuse_unet_lora(unet: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module
 
 # %% ../nbs/15_interop.ipynb #958b07ec
 def trained_tokens(info: dict) -> list[str]:
-    "The words whose embedding rows a run trained: Custom Diffusion's modifier token, DreamBooth's identifier when only it trains."
+    "The words whose embedding rows a run trained: Custom Diffusion's modifier token, DreamBooth's identifier when only it trains, LoRA's with `lora_train_identifier`."
     c = info['config']
     if c['method'] == 'custom_diffusion': return [c['modifier_token']]
     if c['method'] == 'dreambooth' and c.get('train_identifier_embedding') and not c.get('train_text_encoder'):
         return [info['concept']['identifier']]
+    if c['method'] == 'lora' and c.get('lora_train_identifier'): return [info['concept']['identifier']]
     return []
 
 def token_embedding(components: Components, word: str) -> torch.Tensor:
@@ -159,7 +160,8 @@ def _export_note(out: Path, run_dir: Path, info: dict, fmt: str, **extra) -> Non
 def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', base: Components | str | Path | None = None) -> Path:
     """Export a finished run for diffusers: 'pipeline' (a folder `StableDiffusionPipeline.from_pretrained` opens; HyperMod
     with its modulation folded into the weights), 'lora' (the file `pipe.load_lora_weights` reads) or 'textual_inversion'
-    (the trained token rows, for `pipe.load_textual_inversion`) or 'custom_diffusion' (K/V weights and the modifier
+    (the trained token rows, for `pipe.load_textual_inversion`; a LoRA that trained its identifier's rows also writes them
+    beside its file as `<name>_emb.safetensors`) or 'custom_diffusion' (K/V weights and the modifier
     token, as diffusers' Custom Diffusion training leaves them). `out` is a folder, or for 'lora' and
     'textual_inversion' also a `.safetensors` file name. Returns the folder or file written."""
     if format not in EXPORT_FORMATS: raise ValueError(f"format={format!r} is unknown; use one of {EXPORT_FORMATS}.")
@@ -173,7 +175,10 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', b
     if format == 'textual_inversion' and not words:
         raise ValueError(f"{str(run_dir)!r} ({method!r}) trains no token embedding of its own: export it with format='pipeline'.")
     tuned = load_customized(base_for_run(run_dir, base), run_dir)
-    if format == 'lora': path = save_lora(tuned.unet, folder, name)
+    if format == 'lora':
+        path = save_lora(tuned.unet, folder, name)
+        if words:   # pivotal tuning: the identifier's rows beside the adapters, named as diffusers' advanced LoRA script names them
+            save_textual_inversion(tuned, words[0], folder, filename=f'{path.stem}_emb.safetensors')
     elif format == 'textual_inversion': path = save_textual_inversion(tuned, words[0], folder, **({'filename': name} if name else {}))
     elif format == 'custom_diffusion': path = save_custom_diffusion(tuned, words[0], folder)
     else:
@@ -182,7 +187,8 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', b
         path = save_components(tuned, folder)
     _export_note(path if name else folder, run_dir, info, format, folded_hypermod=(method == 'hypermod' and format == 'pipeline'),
                  token=words[0] if format == 'textual_inversion' else info.get('token'),
-                 note=_NOTES.get((method, format), ''))
+                 note=_NOTES.get((method, format), '') + (f" The identifier's trained embedding rows are in {path.stem}_emb.safetensors: load them too "
+                      f"(pipe.load_textual_inversion) and write '<{words[0]}>' for '{words[0]}' in prompts." if format == 'lora' and words else ''))
     return path
 
 # %% ../nbs/15_interop.ipynb #315e3d1e

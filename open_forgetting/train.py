@@ -28,10 +28,10 @@ from .losses import (training_target, loss_terms, total_loss,
 __all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES', 'VARIANTS', 'DEFAULT_LAMBDA_DC',
            'TRAINED_FILE', 'RUN_FILE', 'HISTORY_FILE', 'logger', 'ACTIVATION_BYTES', 'PARAMS_FILE', 'ConceptSpec',
            'dreambench_subjects', 'dreambench_prompts', 'instance_image_files', 'load_concept', 'load_instance_images',
-           'TrainConfig', 'CustomizationMethod', 'register_method', 'get_method', 'DreamBooth', 'TokenRowsEmbedding',
-           'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config', 'class_images',
-           'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'save_rank_rng', 'load_rank_rng',
-           'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'activation_estimate',
+           'TrainConfig', 'CustomizationMethod', 'register_method', 'get_method', 'IdentifierRows', 'DreamBooth',
+           'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config',
+           'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'save_rank_rng',
+           'load_rank_rng', 'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'activation_estimate',
            'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype', 'weights_on_disk',
            'offload_choice', 'place_student', 'memory_plan', 'TrainingData', 'shard_rows', 'training_data',
            'frozen_teacher', 'teacher_pool_recipe', 'cached_teacher_pool', 'make_optimizer', 'checkpoint_dirs',
@@ -219,12 +219,14 @@ class TrainConfig:
     train_text_encoder: bool = False       # dreambooth
     train_identifier_embedding: bool = False  # dreambooth: only the identifier's token embedding trains in the text encoder
                                            # (pivotal tuning; diffusers' train_text_encoder_ti): other prompts' embeddings stay exact
-    text_encoder_lr_scale: float = 1.0     # dreambooth: text-encoder lr = learning_rate × this (1: one lr, as in diffusers)
+    text_encoder_lr_scale: float = 1.0     # dreambooth (and lora_train_identifier): text-encoder lr = learning_rate × this (1: one lr, as in diffusers)
     modifier_token: str = '<new1>'         # custom_diffusion
     initializer_token: str = 'ktn'         # custom_diffusion: the new token's embedding starts as this token's
     lora_rank: int = 4                     # lora
     lora_alpha: float | None = None        # lora: None = rank (scale 1)
     lora_targets: tuple[str, ...] = ('to_q', 'to_k', 'to_v', 'to_out.0')
+    lora_train_identifier: bool = False    # lora: the identifier's token-embedding rows train too (pivotal tuning, diffusers'
+                                           # advanced DreamBooth-LoRA --train_text_encoder_ti), at text_encoder_lr_scale × lr
     method_settings: dict = field(default_factory=dict)   # a plug-in method's own settings, e.g. hypermod:
                                            # {'self_init': {'steps': 200}, 'hypermod': {'rank': 2}} (keys the run via the method)
     # engineering
@@ -286,6 +288,7 @@ class TrainConfig:
         else: del d['dc_prompt_file']
         if not (self.needs_class_images or (self.uses_dc and self.dc_latents == 'replay')):
             for k in ('num_class_images', 'class_seed', 'class_sampling_steps', 'class_guidance_scale'): del d[k]
+        if not self.lora_train_identifier: del d['lora_train_identifier']   # added later: runs from before keep their key
         return d
 
     def key(self) -> str:
@@ -308,7 +311,7 @@ TRAIN_CONFIG_GROUPS = {
     'drift_correction': ('lambda_dc', 'dc_n_reg', 'dc_prompts', 'dc_latents', 'dc_prompt_file', 'dc_replay_images',
                          'dc_teacher_pool', 'dc_fused', 'frozen_dtype'),
     'method_specific': ('train_text_encoder', 'train_identifier_embedding', 'text_encoder_lr_scale', 'modifier_token',
-                        'initializer_token', 'lora_rank', 'lora_alpha', 'lora_targets', 'method_settings'),
+                        'initializer_token', 'lora_rank', 'lora_alpha', 'lora_targets', 'lora_train_identifier', 'method_settings'),
     # engineering: memory, time and bookkeeping, not the result (recomputing activations, sharing frozen weights,
     # checkpoints, validation images, the progress bar, trackers), hence not part of a run's identity
     'engineering': ('gradient_checkpointing', 'share_frozen_weights', 'offload_base', 'device', 'checkpoint_every', 'keep_checkpoints',
@@ -421,7 +424,27 @@ def get_method(config: TrainConfig) -> CustomizationMethod:
     return METHODS[config.method](config)
 
 # %% ../nbs/05_train.ipynb #640ded9b
-class DreamBooth(CustomizationMethod):
+class IdentifierRows:
+    "Mixin of a method whose concept identifier's token-embedding rows may train (`_identifier_only`), at `text_encoder_lr_scale` × the learning rate."
+    _identifier_only = False
+
+    def train_identifier_rows(self, components, concept):
+        "Make the identifier's rows (and only them) of the text encoder's input embedding trainable (`TokenRowsEmbedding`)."
+        ids = components.tokenizer.encode(self.concept_token(concept), add_special_tokens=False)
+        te = components.text_encoder
+        te.set_input_embeddings(TokenRowsEmbedding(te.get_input_embeddings(), ids))
+
+    def finalize(self, components):
+        emb = components.text_encoder.get_input_embeddings()
+        if isinstance(emb, TokenRowsEmbedding): components.text_encoder.set_input_embeddings(emb.to_embedding())
+
+    def optimizer_param_groups(self, params):
+        te = [p for k, p in params.items() if k.startswith('text_encoder.')]
+        if not te or self.config.text_encoder_lr_scale == 1.0: return super().optimizer_param_groups(params)
+        return [{'params': [p for k, p in params.items() if not k.startswith('text_encoder.')]},
+                {'params': te, 'lr_scale': self.config.text_encoder_lr_scale}]
+
+class DreamBooth(IdentifierRows, CustomizationMethod):
     "DreamBooth (Ruiz et al. 2023): the full UNet (and optionally the text encoder, or only the identifier's embedding) trains; a rare-token identifier names the concept."
     defaults = dict(learning_rate=5e-6, train_batch_size=1, max_steps=800, lambda_pr=1.0, num_class_images=200)
     shares_frozen_weights = True
@@ -434,22 +457,9 @@ class DreamBooth(CustomizationMethod):
     def prepare(self, components, concept):
         components.unet.requires_grad_(True)
         components.text_encoder.requires_grad_(self.config.train_text_encoder)
-        if self._identifier_only:
-            ids = components.tokenizer.encode(self.concept_token(concept), add_special_tokens=False)
-            te = components.text_encoder
-            te.set_input_embeddings(TokenRowsEmbedding(te.get_input_embeddings(), ids))
+        if self._identifier_only: self.train_identifier_rows(components, concept)
 
     def text_training(self): return 'all' if self.config.train_text_encoder else 'token' if self._identifier_only else 'none'
-
-    def finalize(self, components):
-        emb = components.text_encoder.get_input_embeddings()
-        if isinstance(emb, TokenRowsEmbedding): components.text_encoder.set_input_embeddings(emb.to_embedding())
-
-    def optimizer_param_groups(self, params):
-        te = [p for k, p in params.items() if k.startswith('text_encoder.')]
-        if not te or self.config.text_encoder_lr_scale == 1.0: return super().optimizer_param_groups(params)
-        return [{'params': [p for k, p in params.items() if not k.startswith('text_encoder.')]},
-                {'params': te, 'lr_scale': self.config.text_encoder_lr_scale}]
 
 register_method('dreambooth', DreamBooth);
 
@@ -541,10 +551,16 @@ class CustomDiffusion(CustomizationMethod):
 register_method('custom_diffusion', CustomDiffusion);
 
 # %% ../nbs/05_train.ipynb #0cedd815
-class LoRA(CustomizationMethod):
-    "LoRA (Hu et al. 2022) via peft: rank-r adapters on the UNet attention projections; base frozen, adapters fp32."
+class LoRA(IdentifierRows, CustomizationMethod):
+    "LoRA (Hu et al. 2022) via peft: rank-r adapters on the UNet attention projections (`lora_targets`); base frozen, adapters fp32; with `lora_train_identifier`, the identifier's embedding rows too."
     defaults = dict(learning_rate=1e-4, train_batch_size=1, max_steps=800, lambda_pr=1.0, num_class_images=200)
     shares_frozen_weights = True
+
+    @property
+    def _identifier_only(self) -> bool: return self.config.lora_train_identifier
+    @property
+    def modifies_text_encoder(self) -> bool: return self.config.lora_train_identifier
+    def text_training(self): return 'token' if self._identifier_only else 'none'
 
     def prepare(self, components, concept):
         from peft import LoraConfig
@@ -554,6 +570,7 @@ class LoRA(CustomizationMethod):
                                                init_lora_weights=True, target_modules=list(c.lora_targets)))
         for p in components.unet.parameters():
             if p.requires_grad: p.data = p.data.float()
+        if self._identifier_only: self.train_identifier_rows(components, concept)
 
 register_method('lora', LoRA);
 

@@ -111,10 +111,10 @@ def setup(tmp_path_factory, small):
     rng = np.random.default_rng(1)
     for i in range(3): Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f'{i:02d}.png')
     concept = load_concept(folder, class_noun='toy')
-    runs = {m: customize(small, concept, variant_config(m, 'plain', max_steps=2, lambda_pr=0.0, learning_rate=1e-2, progress=False, **kw),
-                         out_dir=tmp / f'run_{m}')
-            for m, kw in [('dreambooth', dict(train_identifier_embedding=True)), ('custom_diffusion', {}),
-                          ('lora', dict(lora_alpha=2, lora_rank=4))]}
+    runs = {name: customize(small, concept, variant_config(m, 'plain', max_steps=2, lambda_pr=0.0, learning_rate=1e-2, progress=False, **kw),
+                            out_dir=tmp / f'run_{name}')
+            for name, m, kw in [('dreambooth', 'dreambooth', dict(train_identifier_embedding=True)), ('custom_diffusion', 'custom_diffusion', {}),
+                                ('lora', 'lora', dict(lora_alpha=2, lora_rank=4)), ('lora_ti', 'lora', dict(lora_train_identifier=True))]}
     return tmp, runs
 
 
@@ -171,6 +171,24 @@ def test_identifier_rows_as_multi_vector_embedding(setup, small):
     prompt = to_pipeline(ti).maybe_convert_prompt('a photo of <sks> toy', ti.tokenizer)
     torch.testing.assert_close(_out(ti, prompt)[1], _out(load_customized(small, runs['dreambooth']), 'a photo of sks toy')[1],
                                rtol=0, atol=1e-6)
+
+
+def test_pivotal_lora_leaves_as_adapters_plus_identifier_rows(setup, small, tmp_path):
+    "A LoRA that trained its identifier's rows exports the LoRA file and `<name>_emb.safetensors`; diffusers, loading both, gives the run's predictions."
+    from diffusers import StableDiffusionPipeline
+    tmp, runs = setup
+    base_dir = save_components(small, tmp_path / 'base')
+    f = export_run(runs['lora_ti'], tmp_path / 'out' / 'toy.safetensors', 'lora', base=base_dir)
+    emb = tmp_path / 'out' / 'toy_emb.safetensors'
+    assert f.is_file() and emb.is_file() and spec_kind(f) == 'lora'
+    p = StableDiffusionPipeline.from_pretrained(str(base_dir), safety_checker=None, requires_safety_checker=False)
+    p.load_lora_weights(str(f.parent), weight_name=f.name); p.load_textual_inversion(str(emb))
+    ours = load_customized(small, runs['lora_ti'])
+    theirs = _out(p, p.maybe_convert_prompt('a photo of <sks> toy', p.tokenizer))
+    torch.testing.assert_close(theirs[0], _out(ours, 'a photo of sks toy')[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(_out(ours, 'a photo of sks toy')[1], _out(small, 'a photo of sks toy')[1], atol=1e-6)   # the rows trained
+    note = __import__('json').loads((tmp_path / 'out' / 'toy.open_forgetting_export.json').read_text())
+    assert 'toy_emb.safetensors' in note['note'] and "'<sks>'" in note['note']
 
 
 def test_export_note_and_base_from_folder(setup, small, tmp_path):

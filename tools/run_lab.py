@@ -63,6 +63,10 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and 
     # convolution too (the "LoCon" layout of community trainers), since this UNet has attention in only two of its blocks
     'lora-lr-1e-3-rank-16': _lora(['plain'], **{'training.settings.lora_rank': 16}),
     'lora-lr-1e-3-wide': _lora(['plain'], **{'training.settings.lora_targets': LORA_WIDE}),
+    # ... and LoRA with its identifier's embedding rows trained too (pivotal tuning, `lora_train_identifier`), the rows at
+    # lr 5e-3 as DreamBooth's in `db-lr-1e-4` (1e-4 x the laboratory's text_encoder_lr_scale of 50)
+    'lora-lr-1e-4-identifier': _lora(['plain'], **{'training.settings.learning_rate': 1.0e-4, 'training.settings.lora_train_identifier': True}),
+    'lora-lr-1e-3-identifier': _lora(['plain'], **{'training.settings.lora_train_identifier': True, 'training.settings.text_encoder_lr_scale': 5.0}),
     # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
     # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`publish_to`): near-copies of the live
     # DC models would weigh twice in the metric-validity set, which reads every configuration under `validity.lab_root()`.
