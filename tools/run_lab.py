@@ -27,6 +27,7 @@ def _lora(variants: list[str], **overrides) -> dict:
     "LoRA at training seed 0, lr 1e-3, rank 4, 500 steps, DC λ 175 unless `overrides` (study keys) say otherwise."
     return dict(methods=['lora'], variants=variants, seeds=[0], set={'training.settings.learning_rate': 1.0e-3, **overrides})
 
+LORA_PIVOTAL = {'training.settings.lora_train_identifier': True, 'training.settings.text_encoder_lr_scale': 5.0}   # rows at lr 5e-3
 LORA_WIDE = ['to_q', 'to_k', 'to_v', 'to_out.0', 'proj_in', 'proj_out', 'ff.net.0.proj', 'ff.net.2', 'conv1', 'conv2']
 
 CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and where to publish, when not the laboratory's results)
@@ -66,7 +67,8 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and 
     # ... and LoRA with its identifier's embedding rows trained too (pivotal tuning, `lora_train_identifier`), the rows at
     # lr 5e-3 as DreamBooth's in `db-lr-1e-4` (1e-4 x the laboratory's text_encoder_lr_scale of 50)
     'lora-lr-1e-4-identifier': _lora(['plain'], **{'training.settings.learning_rate': 1.0e-4, 'training.settings.lora_train_identifier': True}),
-    'lora-lr-1e-3-identifier': _lora(['plain'], **{'training.settings.lora_train_identifier': True, 'training.settings.text_encoder_lr_scale': 5.0}),
+    'lora-lr-1e-3-identifier': _lora(['plain', 'dc'], **LORA_PIVOTAL),
+    'lora-lr-1e-3-identifier-lambda-20': _lora(['dc'], **LORA_PIVOTAL, **{'drift_correction.lambda_dc': 20.0}),
     # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
     # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`publish_to`): near-copies of the live
     # DC models would weigh twice in the metric-validity set, which reads every configuration under `validity.lab_root()`.
