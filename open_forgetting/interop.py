@@ -175,10 +175,11 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', b
     if format == 'textual_inversion' and not words:
         raise ValueError(f"{str(run_dir)!r} ({method!r}) trains no token embedding of its own: export it with format='pipeline'.")
     tuned = load_customized(base_for_run(run_dir, base), run_dir)
+    rows = None                                          # a pivotal-tuning LoRA's identifier rows, written beside it
     if format == 'lora':
         path = save_lora(tuned.unet, folder, name)
-        if words:   # pivotal tuning: the identifier's rows beside the adapters, named as diffusers' advanced LoRA script names them
-            save_textual_inversion(tuned, words[0], folder, filename=f'{path.stem}_emb.safetensors')
+        if words:   # named as diffusers' advanced LoRA script names them
+            rows = save_textual_inversion(tuned, words[0], folder, filename=f'{path.stem}_emb.safetensors')
     elif format == 'textual_inversion': path = save_textual_inversion(tuned, words[0], folder, **({'filename': name} if name else {}))
     elif format == 'custom_diffusion': path = save_custom_diffusion(tuned, words[0], folder)
     else:
@@ -187,8 +188,8 @@ def export_run(run_dir: str | Path, out: str | Path, format: str = 'pipeline', b
         path = save_components(tuned, folder)
     _export_note(path if name else folder, run_dir, info, format, folded_hypermod=(method == 'hypermod' and format == 'pipeline'),
                  token=words[0] if format == 'textual_inversion' else info.get('token'),
-                 note=_NOTES.get((method, format), '') + (f" The identifier's trained embedding rows are in {path.stem}_emb.safetensors: load them too "
-                      f"(pipe.load_textual_inversion) and write '<{words[0]}>' for '{words[0]}' in prompts." if format == 'lora' and words else ''))
+                 note=_NOTES.get((method, format), '') + (f" The identifier's trained embedding rows are in {rows.name}: load them too "
+                      f"(pipe.load_textual_inversion) and write '<{words[0]}>' for '{words[0]}' in prompts." if rows else ''))
     return path
 
 # %% ../nbs/15_interop.ipynb #315e3d1e
