@@ -69,6 +69,15 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and 
     'lora-lr-1e-4-identifier': _lora(['plain'], **{'training.settings.learning_rate': 1.0e-4, 'training.settings.lora_train_identifier': True}),
     'lora-lr-1e-3-identifier': _lora(['plain', 'dc'], **LORA_PIVOTAL),
     'lora-lr-1e-3-identifier-lambda-20': _lora(['dc'], **LORA_PIVOTAL, **{'drift_correction.lambda_dc': 20.0}),
+    # the pivotal LoRA's frontier (`validity.LORA_FRONTIER`), from `lora-lr-1e-3-identifier`: DC at λ 5-500, and the
+    # alternatives turned from the same start: fewer steps, a lower learning rate (adapters and rows together: the rows
+    # stay at 5x the adapters'), a lower rank, a heavier prior
+    **{f'lora-lr-1e-3-identifier-lambda-{l:g}': _lora(['dc'], **LORA_PIVOTAL, **{'drift_correction.lambda_dc': l}) for l in (5.0, 50.0, 500.0)},
+    **{f'lora-lr-1e-3-identifier-{n}-steps': _lora(['plain'], **LORA_PIVOTAL, **{'training.settings.max_steps': n}) for n in (300, 100)},
+    **{f'lora-lr-{lr:.0e}-identifier-rows-5x'.replace('e-0', 'e-'): _lora(['plain'], **LORA_PIVOTAL, **{'training.settings.learning_rate': lr})
+       for lr in (3.0e-4, 1.0e-4)},
+    **{f'lora-lr-1e-3-identifier-rank-{r}': _lora(['plain'], **LORA_PIVOTAL, **{'training.settings.lora_rank': r}) for r in (2, 1)},
+    'lora-lr-1e-3-identifier-pr-5': _lora(['plain'], **LORA_PIVOTAL, **{'training.settings.lambda_pr': 5.0}),
     # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
     # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`publish_to`): near-copies of the live
     # DC models would weigh twice in the metric-validity set, which reads every configuration under `validity.lab_root()`.
