@@ -19,9 +19,10 @@ from .study import RunLayout, check_choice, drift_tables, table1_text
 # %% auto #0
 __all__ = ['MANIFEST', 'EXCLUDED', 'MAX_BYTES', 'TABLE1_METRICS', 'FIDELITY_METRICS', 'FORGETTING_METRICS', 'results_dir',
            'published_cell', 'synthetic_run', 'finished_experiments', 'result_files', 'publish_cell', 'run_cells',
-           'publish_run', 'published', 'grid_status', 'load_results', 'mean_ci', 'summarize', 'cell_drift', 'table1',
-           'table1_display', 'fidelity_cells', 'table2', 'diversity_cells', 'diversity_table', 'ground_truth_cells',
-           'ground_truth_table', 'paired_effect', 'dc_effects', 'dc_verdict', 'figure_rows', 'kid_over_cells']
+           'publish_run', 'published', 'grid_status', 'rekey_published', 'load_results', 'mean_ci', 'summarize',
+           'cell_drift', 'table1', 'table1_display', 'fidelity_cells', 'table2', 'diversity_cells', 'diversity_table',
+           'ground_truth_cells', 'ground_truth_table', 'paired_effect', 'dc_effects', 'dc_verdict', 'figure_rows',
+           'kid_over_cells']
 
 # %% ../nbs/19_results.ipynb #d038c003
 MANIFEST = 'published.json'                     # one per published cell, written after its files
@@ -87,7 +88,7 @@ def synthetic_run(run_dir: str | Path, concepts: Sequence[str] = ('heart_emblem'
                 for e in ('customize', 'global_drift', 'diversity'):
                     write_marker(cell / e / '_SUCCESS.json', {'key': f'{concept}/{key}/{e}', 'notebook': 'synthetic',
                                  'parameters': {'overrides': {'training.settings.seed': seed}},
-                                 'identity': {'study': stable_hash([study, seed])}})
+                                 'identity': {'cell': stable_hash([study, seed, concept, key])}})
     return run_dir
 
 # %% ../nbs/19_results.ipynb #e07d3a6c
@@ -118,19 +119,26 @@ def result_files(folder: str | Path, exclude: Sequence[str] = EXCLUDED) -> list[
 # %% ../nbs/19_results.ipynb #9b7b17e1
 def _study_name(study) -> str | None: return None if study is None else study if isinstance(study, str) else getattr(study, 'name', str(study))
 
-def _entry(folder: Path, marker: dict, seed: int, study, exclude, max_bytes) -> tuple[dict, dict[str, bytes]]:
+def _cell_hash(marker: dict, S, cell: tuple[str, str, str]) -> str | None:
+    "The cell's study hash that a runner marker records; a marker from before cells were keyed on their own (the whole study's hash) counts when it is `S`'s."
+    ident = marker.get('identity') or {}
+    if 'cell' in ident or 'study' not in ident: return ident.get('cell')
+    return S.cell_fingerprint(*cell) if S is not None and ident['study'] == S.fingerprint() else ident['study']
+
+def _entry(folder: Path, marker: dict, seed: int, study, exclude, max_bytes, cell: tuple[str, str, str]) -> tuple[dict, dict[str, bytes]]:
     "The manifest entry of one finished experiment folder and the bytes to copy (read once: what is hashed is what is written)."
     overrides = (marker.get('parameters') or {}).get('overrides') or {}
     ran = _seed_override(overrides)
     if ran is not None and ran != seed:
         raise ValueError(f"{folder} was trained with training.settings.seed={ran!r}, not seed={seed}: publish it with seed={ran!r}.")
-    fingerprint = (marker.get('identity') or {}).get('study')
+    S = None
     if study is not None:
         from open_forgetting.study import load_study
-        expected = load_study(study, overrides, check_paths=False).fingerprint()
-        if fingerprint != expected:
-            raise ValueError(f"{folder} was run with study content {fingerprint!r}, but study={_study_name(study)!r} with the run's "
-                             f"overrides {overrides} hashes to {expected!r}: the study file changed since (rerun the cell) or it is another study.")
+        S = load_study(study, overrides, check_paths=False)
+    fingerprint = _cell_hash(marker, S, cell)
+    if S is not None and fingerprint != (expected := S.cell_fingerprint(*cell)):
+        raise ValueError(f"{folder} was run with study content {fingerprint!r}, but study={_study_name(study)!r} with the run's "
+                         f"overrides {overrides} hashes to {expected!r} for this cell: the study file changed since (rerun the cell) or it is another study.")
     files, data, skipped = {}, {}, {}
     for p in result_files(folder, exclude):
         if p.stat().st_size > max_bytes: skipped[p.name] = f'{p.stat().st_size} bytes > max_bytes={max_bytes}'; continue
@@ -173,7 +181,7 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
         raise ValueError(f"cell {concept}/{method}-{variant} has no finished experiment in {run_dir} (no sound _SUCCESS.json): nothing to publish.")
     src = RunLayout(Path(run_dir)).cell(concept, method, variant)
     seed = _check_seed(_seed_of_run(done, src) if seed is None else seed)
-    new = {e: _entry(src / e, m, seed, study, exclude, max_bytes) for e, m in done.items()}
+    new = {e: _entry(src / e, m, seed, study, exclude, max_bytes, (concept, method, variant)) for e, m in done.items()}
     if len({e['study'] for e, _ in new.values()}) > 1:
         raise ValueError(f"the experiments of {src} were run with different study contents {sorted({str(e['study']) for e, _ in new.values()})}: "
                          "rerun the cell with one study file, then publish.")
@@ -240,15 +248,34 @@ def grid_status(study, seeds: Sequence[int], dest: str | Path | None = None, exp
     rows = []
     for seed in seeds:
         S = load_study(study, {**(overrides or {}), 'training.settings.seed': _check_seed(seed)}, check_paths=False)
-        fp = S.fingerprint()
         for c in S.concepts.names:
             for m in S.training.methods:
                 for v in S.training.variants:
+                    fp = S.cell_fingerprint(c, m, v)
                     for e in experiments:
                         have = pub.get((seed, c, m, v, e), False)
                         state = 'missing' if have is False else 'published' if have == fp else 'other recipe'
                         rows.append(dict(seed=seed, concept=c, method=m, variant=v, experiment=e, state=state))
     return pd.DataFrame(rows)
+
+# %% ../nbs/19_results.ipynb #0e2c42b1
+def rekey_published(study, dest: str | Path | None = None) -> pd.DataFrame:
+    "Rewrite manifest records carrying the whole study's hash to their cell's (`Study.cell_fingerprint`) where that hash is `study`'s with the record's overrides [ours]."
+    from open_forgetting.study import load_study
+    dest, rows, studies = Path(dest) if dest is not None else results_dir(), [], {}
+    for path in sorted(dest.glob(f'seed-*/*/*/{MANIFEST}')):
+        m, changed = _read_manifest(path), False
+        cell = (m['concept'], m['method'], m['variant'])
+        for e, entry in sorted(m['experiments'].items()):
+            overrides = (entry.get('parameters') or {}).get('overrides') or {}
+            key = stable_hash(overrides)     # one study load per set of overrides (each validates the whole grid)
+            S = studies[key] = studies.get(key) or load_study(study, overrides, check_paths=False)
+            now = S.cell_fingerprint(*cell)
+            action = 'current' if entry.get('study') == now else 'rekeyed' if entry.get('study') == S.fingerprint() else 'other study'
+            if action == 'rekeyed': entry['study'], changed = now, True
+            rows.append(dict(seed=m['seed'], concept=cell[0], method=cell[1], variant=cell[2], experiment=e, action=action))
+        if changed: atomic_save_json(m, path)
+    return pd.DataFrame(rows, columns=['seed', 'concept', 'method', 'variant', 'experiment', 'action'])
 
 # %% ../nbs/19_results.ipynb #37543554
 def load_results(dest: str | Path | None = None) -> dict[str, pd.DataFrame]:

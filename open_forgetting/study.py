@@ -142,6 +142,12 @@ class Study(_Section):
     def fingerprint(self) -> str:
         "Hash of everything that changes a result (not the name, description or output folder)."
         return stable_hash(self.model_dump(mode='json', exclude={'name', 'description', 'output'}))
+    def cell_fingerprint(self, concept: str, method: str, variant: str) -> str:
+        "Hash of what changes one grid cell's results: the study less its grid lists and training sections, plus the cell and its `TrainConfig` [ours]."
+        shared = self.model_dump(mode='json', exclude={'name', 'description', 'output', 'training', 'drift_correction'})
+        del shared['concepts']['names']              # which *other* concepts the grid has does not change this cell
+        cfg = train_config(self, method, variant)    # the training and DC sections as this cell reads them
+        return stable_hash([shared, concept, cfg.identity(), cfg.method_settings])
     def run_dir(self) -> Path:
         "The study's run folder: `output`, else `$OPEN_FORGETTING_HOME/runs/<name>`."
         return Path(self.output).expanduser() if self.output else home_dir() / 'runs' / check_name('name', self.name)
