@@ -5,6 +5,7 @@ data/miniworld/results/ (`results.publish_run`), so that the grid can go on in p
     .venv/bin/python tools/run_grid.py --seeds 0                 # seed 0: two shards side by side, one thread each
     .venv/bin/python tools/run_grid.py --seeds 1,2 --shards 1 --threads 2
     .venv/bin/python tools/run_grid.py --seeds 0 --publish-only   # publish what the run folders hold, run nothing
+    .venv/bin/python tools/run_grid.py --seeds 0,1,2 --methods lora   # one method's cells (after its settings changed)
 
 Each seed is split into `--shards` shards (`open-forgetting run --shard i/N`, whole cells), each in its own run folder
 under `--runs` (caches stay in $OPEN_FORGETTING_HOME, weights in the run folders) and each its own process with
@@ -23,12 +24,12 @@ def shard_dirs(runs: Path, seed: int, shards: int) -> list[Path]:
     return [runs / f'seed-{seed}' / f'shard-{i}of{shards}' for i in range(1, shards + 1)]
 
 
-def run_seed(seed: int, runs: Path, shards: int, threads: int, experiments: str) -> None:
+def run_seed(seed: int, runs: Path, shards: int, threads: int, experiments: str, methods: str | None = None) -> None:
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     procs, logs = [], []
     for i, run_dir in enumerate(shard_dirs(runs, seed, shards), start=1):
         cmd = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', STUDY, '--set', f'training.settings.seed={seed}',
-               '--experiments', experiments, '--run-dir', str(run_dir), '--shard', f'{i}/{shards}']
+               '--experiments', experiments, '--run-dir', str(run_dir), '--shard', f'{i}/{shards}', *(['--methods', methods] if methods else [])]
         run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run_dir.with_suffix('.log'), 'a'); logs.append(log)
         print(f'# seed {seed} shard {i}/{shards}:', ' '.join(cmd[2:]), f'(log: {log.name})', flush=True)
@@ -51,12 +52,13 @@ def main(argv=None):
     p.add_argument('--shards', type=int, default=2, help='processes side by side per seed (default 2)')
     p.add_argument('--threads', type=int, default=1, help='torch threads per process (default 1)')
     p.add_argument('--experiments', default=EXPERIMENTS, help=f'comma-separated (default: {EXPERIMENTS})')
+    p.add_argument('--methods', default=None, help="comma-separated methods (default: the study's)")
     p.add_argument('--runs', default=os.environ.get('OPEN_FORGETTING_GRID_RUNS', '/tmp/grid'), help='folder of the run folders')
     p.add_argument('--publish-only', action='store_true', help='publish what the run folders hold; run nothing')
     a = p.parse_args(argv)
     if a.shards < 1 or a.threads < 1: raise SystemExit(f'--shards and --threads must be at least 1, got {a.shards} and {a.threads}.')
     for seed in [int(s) for s in a.seeds.split(',')]:
-        if not a.publish_only: run_seed(seed, Path(a.runs), a.shards, a.threads, a.experiments)
+        if not a.publish_only: run_seed(seed, Path(a.runs), a.shards, a.threads, a.experiments, a.methods)
         publish_seed(seed, Path(a.runs), a.shards)
 
 
