@@ -19,8 +19,8 @@ from .results import load_results
 # %% auto #0
 __all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'FRONTIER_STARTS', 'TEACHER_POOL', 'rank_correlation',
            'within_rank_correlation', 'load_lab', 'lab_measures', 'lab_prompt_measures', 'metric_validity',
-           'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier_name', 'frontier', 'frontier_gaps', 'plot_frontier',
-           'config_effect', 'lab_root', 'lab_report']
+           'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier_name', 'frontier', 'frontier_gaps',
+           'frontier_dominance', 'plot_frontier', 'config_effect', 'lab_root', 'lab_report']
 
 # %% ../nbs/20_validity.ipynb #e0d83897
 def rank_correlation(x, y, clusters=None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> dict:
@@ -202,16 +202,20 @@ DB_FRONTIER = {   # knob -> (laboratory configuration, variant, knob's value); e
     'lower learning rate': [('db-lr-1e-4', 'plain', 1e-4), ('db-lr-5e-5', 'plain', 5e-5), ('recipe', 'plain', 2e-5)],
     'prior-preservation weight': [('db-lr-1e-4', 'plain', 1.0), ('db-lr-1e-4-pr-5', 'plain', 5.0), ('db-lr-1e-4-pr-25', 'plain', 25.0)],
 }
-LORA_FRONTIER = {   # the same for LoRA from lr 1e-3 (rank 4, 500 steps, λ_pr 1; at 1e-4 it hardly learns), its own knob the rank
-    'Drift Correction λ': [('lora-lr-1e-3', 'plain', 0.0), ('lora-lr-1e-3-lambda-5', 'dc', 5.0), ('lora-lr-1e-3-lambda-20', 'dc', 20.0),
-                           ('lora-lr-1e-3-lambda-50', 'dc', 50.0), ('lora-lr-1e-3', 'dc', 175.0)],
-    'fewer steps': [('lora-lr-1e-3', 'plain', 500.0), ('lora-lr-1e-3-300-steps', 'plain', 300.0), ('lora-lr-1e-3-100-steps', 'plain', 100.0)],
-    'lower learning rate': [('lora-lr-1e-3', 'plain', 1e-3), ('lora-lr-3e-4', 'plain', 3e-4), ('lora', 'plain', 1e-4)],
-    'lower LoRA rank': [('lora-lr-1e-3', 'plain', 4.0), ('lora-lr-1e-3-rank-2', 'plain', 2.0), ('lora-lr-1e-3-rank-1', 'plain', 1.0)],
-    'prior-preservation weight': [('lora-lr-1e-3', 'plain', 1.0), ('lora-lr-1e-3-pr-5', 'plain', 5.0)],
+# LoRA's frontier starts from the pivotal LoRA (lr 1e-3, rank 4, 500 steps, λ_pr 1, the identifier's embedding row
+# trained at 5x the adapters' rate): without the row LoRA hardly learns a concept on this base (lab README)
+_PIVOTAL = 'lora-lr-1e-3-identifier'
+LORA_FRONTIER = {   # the same for LoRA, its own knob the rank
+    'Drift Correction λ': [(_PIVOTAL, 'plain', 0.0), *[(f'{_PIVOTAL}-lambda-{l}', 'dc', float(l)) for l in (5, 20, 50)],
+                           (_PIVOTAL, 'dc', 175.0), (f'{_PIVOTAL}-lambda-500', 'dc', 500.0)],
+    'fewer steps': [(_PIVOTAL, 'plain', 500.0), (f'{_PIVOTAL}-300-steps', 'plain', 300.0), (f'{_PIVOTAL}-100-steps', 'plain', 100.0)],
+    'lower learning rate': [(_PIVOTAL, 'plain', 1e-3), ('lora-lr-3e-4-identifier-rows-5x', 'plain', 3e-4),
+                            ('lora-lr-1e-4-identifier-rows-5x', 'plain', 1e-4)],
+    'lower LoRA rank': [(_PIVOTAL, 'plain', 4.0), (f'{_PIVOTAL}-rank-2', 'plain', 2.0), (f'{_PIVOTAL}-rank-1', 'plain', 1.0)],
+    'prior-preservation weight': [(_PIVOTAL, 'plain', 1.0), (f'{_PIVOTAL}-pr-5', 'plain', 5.0)],
 }
 FRONTIERS = {'DreamBooth': DB_FRONTIER, 'LoRA': LORA_FRONTIER}   # method -> its knobs (lab_report draws each whose configurations exist)
-FRONTIER_STARTS = {'DreamBooth': 'lr 1e-4, 500 steps', 'LoRA': 'lr 1e-3, rank 4, 500 steps'}   # where every knob of a method starts
+FRONTIER_STARTS = {'DreamBooth': 'lr 1e-4, 500 steps', 'LoRA': 'pivotal, lr 1e-3, rank 4, 500 steps'}   # where every knob of a method starts
 
 def frontier_name(method: str, name: str = 'frontier') -> str:
     "The file name of one of a method's frontier tables or figure: DreamBooth's keep their first names, the others carry the method (`lora_frontier_gaps`)."
@@ -246,6 +250,26 @@ def frontier_gaps(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_dri
                    else f'{p.knob} protects more' if gap < -2 * se else 'within noise (2 s.e.)')
         rows.append(dict(knob=p.knob, value=p.value, **{x: p[x], y: p[y]}, reference_curve=curve, gap=gap, gap_se=se, verdict=verdict))
     return pd.DataFrame(rows)
+
+def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', reference: str = 'Drift Correction λ') -> pd.DataFrame:
+    "Per point of the other knobs: the `reference` point that beats it most clearly on both axes (more `x`, less `y`), both margins and their standard errors [ours]."
+    # `frontier_gaps` does not interpolate outside the reference's range of `x`; a point that learns less *and* drifts
+    # more than some reference point is still beaten, and this says by how much, in standard errors of each margin
+    start = points.groupby(['config', 'variant']).knob.transform('nunique') > 1   # the common starting point: on every curve
+    ref, others = points[(points.knob == reference) & ~start], points[(points.knob != reference) & ~start]
+    z = lambda d, se: d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
+    rows = []
+    for _, p in others.iterrows():
+        best = None
+        for _, r in ref.iterrows():
+            dx, dy = r[x] - p[x], p[y] - r[y]            # > 0: the reference point learns more, drifts less
+            sx, sy = math.hypot(r.get(f'{x}_se') or 0, p.get(f'{x}_se') or 0), math.hypot(r.get(f'{y}_se') or 0, p.get(f'{y}_se') or 0)
+            cand = dict(knob=p.knob, value=p.value, by=r.value, d_x=dx, d_x_se=sx, d_y=dy, d_y_se=sy, z=min(z(dx, sx), z(dy, sy)))
+            if best is None or cand['z'] > best['z']: best = cand
+        best['verdict'] = (f'{reference} {best["by"]:g} beats it on both (2 s.e.)' if best['z'] > 2 else
+                           f'{reference} {best["by"]:g} beats it on both means, within noise' if best['z'] > 0 else 'not beaten on both')
+        rows.append(best)
+    return pd.DataFrame(rows).rename(columns={'d_x': f'd_{x}', 'd_x_se': f'd_{x}_se', 'd_y': f'd_{y}', 'd_y_se': f'd_{y}_se'})
 
 def plot_frontier(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', ax=None):
     "One curve per knob through its points (±1 s.e.), each point labelled by the knob's value; the model every knob starts from labelled once, 'start' [ours]."
@@ -312,6 +336,7 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
                 frontiers[method, y] = tables[frontier_name(method, f'frontier{suffix}')] = pts
                 tables[frontier_name(method, f'frontier_gaps{suffix}')] = frontier_gaps(pts, y=y)
+                tables[frontier_name(method, f'frontier_dominance{suffix}')] = frontier_dominance(pts, y=y)
     pool = Path(pool) if pool is not None else root.parent / 'teacher_pool'
     if any(pool.glob(f'{TEACHER_POOL[0]}/seed-*')):   # kept apart from `root`: near-copies of the live DC models
         both = pd.concat([models, lab_measures(load_lab(pool))], ignore_index=True)
