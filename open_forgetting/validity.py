@@ -257,6 +257,7 @@ def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'g
     # more than some reference point is still beaten, and this says by how much, in standard errors of each margin
     start = points.groupby(['config', 'variant']).knob.transform('nunique') > 1   # the common starting point: on every curve
     ref, others = points[(points.knob == reference) & ~start], points[(points.knob != reference) & ~start]
+    if ref.empty: raise ValueError(f"the reference knob {reference!r} has no point beyond the common start; turn it at least once.")
     z = lambda d, se: d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
     rows = []
     for _, p in others.iterrows():
