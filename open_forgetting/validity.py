@@ -251,11 +251,15 @@ def frontier_gaps(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_dri
         rows.append(dict(knob=p.knob, value=p.value, **{x: p[x], y: p[y]}, reference_curve=curve, gap=gap, gap_se=se, verdict=verdict))
     return pd.DataFrame(rows)
 
+def _at_start(points: pd.DataFrame) -> pd.Series:
+    "True for the rows of the model every knob starts from: the (config, variant) that lies on more than one knob's curve."
+    return points.groupby(['config', 'variant']).knob.transform('nunique') > 1
+
 def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', reference: str = 'Drift Correction λ') -> pd.DataFrame:
     "Per point of the other knobs: the `reference` point that beats it most clearly on both axes (more `x`, less `y`), both margins and their standard errors [ours]."
     # `frontier_gaps` does not interpolate outside the reference's range of `x`; a point that learns less *and* drifts
     # more than some reference point is still beaten, and this says by how much, in standard errors of each margin
-    start = points.groupby(['config', 'variant']).knob.transform('nunique') > 1   # the common starting point: on every curve
+    start = _at_start(points)
     ref, others = points[(points.knob == reference) & ~start], points[(points.knob != reference) & ~start]
     if ref.empty: raise ValueError(f"the reference knob {reference!r} has no point beyond the common start; turn it at least once.")
     z = lambda d, se: d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
@@ -276,7 +280,7 @@ def plot_frontier(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_dri
     "One curve per knob through its points (±1 s.e.), each point labelled by the knob's value; the model every knob starts from labelled once, 'start' [ours]."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6.5, 4.8))
-    shared = points.groupby(['config', 'variant']).knob.transform('nunique') > 1   # the anchor: on every knob's curve
+    shared = _at_start(points)   # the anchor: on every knob's curve
     for knob, p in points.groupby('knob', sort=False):
         p = p.sort_values('value')
         ax.errorbar(p[x], p[y], xerr=p.get(f'{x}_se'), yerr=p.get(f'{y}_se'), fmt='o-', capsize=3, label=knob, alpha=0.85)
