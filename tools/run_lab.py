@@ -82,7 +82,8 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and 
     # lr 1e-4, `custom-diffusion` and `hypermod`, their ground-truth fidelity is 0.31 and 0.13 in the grid) for the grid's
     # `training.per_method` (as LoRA's search above gave it `lora-lr-1e-3-identifier`)
     **{f'{name}-lr-{lr:.0e}'.replace('e-0', 'e-'): dict(methods=[method], variants=['plain'], seeds=[0], set={'training.settings.learning_rate': lr})
-       for name, method in (('custom-diffusion', 'custom_diffusion'), ('hypermod', 'hypermod')) for lr in (1.0e-3, 3.0e-4)},
+       for name, method, lrs in (('custom-diffusion', 'custom_diffusion', (3.0e-3, 1.0e-3, 3.0e-4)), ('hypermod', 'hypermod', (1.0e-2, 3.0e-3, 1.0e-3, 3.0e-4)))
+       for lr in lrs},
     # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
     # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`publish_to`): near-copies of the live
     # DC models would weigh twice in the metric-validity set, which reads every configuration under `validity.lab_root()`.
