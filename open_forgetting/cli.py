@@ -4,7 +4,7 @@
 
 # %% ../nbs/99_cli.ipynb #128e4748
 from __future__ import annotations
-import argparse, dataclasses, platform, sys, time
+import argparse, platform, sys, time
 from pathlib import Path
 
 # %% auto #0
@@ -58,8 +58,8 @@ def study_jobs(args, study, experiments: list[str]) -> list:
             for v in variants: check_cell(study, None, c, m, v)
     ref = args.study if not Path(args.study).expanduser().is_file() else str(Path(args.study).expanduser().resolve())
     params = {**parse_overrides(getattr(args, 'param', [])), 'study': ref, 'overrides': overrides}
-    jobs = plan_jobs(concepts, methods, variants, experiments, parameters=params, unkeyed=['study'])  # not where its file lies:
-    return [dataclasses.replace(j, identity={'cell': study.cell_fingerprint(j.concept, j.method, j.variant)}) for j in jobs]  # what its cell reads
+    return plan_jobs(concepts, methods, variants, experiments, parameters=params, unkeyed=['study'],   # not where its file lies:
+                     identity=lambda c, m, v: {'cell': study.cell_fingerprint(c, m, v)})               # what its cell reads
 
 def run_command(args) -> int:
     "Plan, shard and execute the study grid; print a summary; nonzero exit when a notebook failed."

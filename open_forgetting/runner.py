@@ -53,15 +53,16 @@ class Job:
 
 def plan_jobs(concepts: Sequence[str], methods: Sequence[str], variants: Sequence[str],
               experiments: Sequence[str] = MEASUREMENTS, parameters: dict | None = None,
-              identity: dict | None = None, unkeyed: Sequence[str] = ()) -> list[Job]:
-    "The study grid as an ordered job list: each cell's `customize` job, then its measurement jobs; `identity` keys every job's marker, `unkeyed` parameters do not."
+              identity: dict | Callable[[str, str, str], dict] | None = None, unkeyed: Sequence[str] = ()) -> list[Job]:
+    "The study grid as an ordered job list: each cell's `customize` job, then its measurement jobs; `identity` (a dict, or a function of the cell's concept, method and variant) keys every job's marker, `unkeyed` parameters do not."
     if not concepts or not methods or not variants: raise ValueError("concepts, methods and variants must each be non-empty.")
     jobs = []
     for concept in concepts:
         for method in methods:
             for variant in variants:
+                cell_identity = identity(concept, method, variant) if callable(identity) else identity
                 kw = dict(concept=concept, method=method, variant=variant, parameters=dict(parameters or {}),
-                          identity=dict(identity or {}), unkeyed=tuple(unkeyed))
+                          identity=dict(cell_identity or {}), unkeyed=tuple(unkeyed))
                 train = Job('customize', **kw); jobs.append(train)
                 jobs += [Job(e, **kw, depends_on=train.key) for e in experiments if e != 'customize']
     return jobs
