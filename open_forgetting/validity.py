@@ -19,7 +19,7 @@ from .results import load_results
 # %% auto #0
 __all__ = ['MEASURE_NOTES', 'DB_FRONTIER', 'LORA_FRONTIER', 'FRONTIERS', 'FRONTIER_STARTS', 'TEACHER_POOL', 'rank_correlation',
            'within_rank_correlation', 'load_lab', 'lab_measures', 'lab_prompt_measures', 'metric_validity',
-           'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier_name', 'frontier', 'frontier_gaps',
+           'plot_validity', 'tradeoff', 'plot_tradeoff', 'frontier_name', 'frontier_seeds', 'frontier', 'frontier_gaps',
            'frontier_dominance', 'plot_frontier', 'config_effect', 'lab_root', 'lab_report']
 
 # %% ../nbs/20_validity.ipynb #e0d83897
@@ -221,13 +221,21 @@ def frontier_name(method: str, name: str = 'frontier') -> str:
     "The file name of one of a method's frontier tables or figure: DreamBooth's keep their first names, the others carry the method (`lora_frontier_gaps`)."
     return name if method == 'DreamBooth' else f'{method.lower()}_{name}'
 
+def frontier_seeds(long: pd.DataFrame, families: Mapping[str, Sequence[tuple]]) -> list[int]:
+    "The training seeds at which every configuration of `families` that `long` holds was run: the seeds a frontier can pool [ours]."
+    members = {(c, var) for ms in families.values() for c, var, _ in ms}
+    have = long[[key in members for key in zip(long.config, long.variant)]]
+    per = have.groupby(['config', 'variant']).training_seed.agg(lambda s: set(s.astype(int)))
+    return sorted(set.intersection(*per)) if len(per) else []
+
 def frontier(long: pd.DataFrame, families: Mapping[str, Sequence[tuple]] = DB_FRONTIER, x: str = 'gt_fidelity', y: str = 'gt_drift',
-             training_seed: int = 0) -> pd.DataFrame:
-    "One row per knob × value: mean and standard error over the models of its configuration (`tradeoff`), at one training seed [ours]."
-    at_seed = long[long.training_seed == training_seed] if 'training_seed' in long else long
-    pts = tradeoff(at_seed, x=x, y=y, by=('config', 'variant')).set_index(['config', 'variant'])
-    rows = [dict(knob=k, value=v, config=c, variant=var, **pts.loc[(c, var)]) for k, members in families.items()
-            for c, var, v in members if (c, var) in pts.index]
+             training_seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    "One row per knob × value: mean and standard error over the models of its configuration (`tradeoff`), pooled over `training_seeds` (default `frontier_seeds`) [ours]."
+    # pooled only over seeds every point has, so that no point's mean carries a seed the others lack
+    seeds = frontier_seeds(long, families) if training_seeds is None else sorted(training_seeds)
+    pts = tradeoff(long[long.training_seed.isin(seeds)], x=x, y=y, by=('config', 'variant')).set_index(['config', 'variant'])
+    rows = [dict(knob=k, value=v, config=c, variant=var, training_seeds=','.join(map(str, seeds)), **pts.loc[(c, var)])
+            for k, members in families.items() for c, var, v in members if (c, var) in pts.index]
     return pd.DataFrame(rows)
 
 def frontier_gaps(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', reference: str = 'Drift Correction λ') -> pd.DataFrame:
@@ -255,10 +263,26 @@ def _at_start(points: pd.DataFrame) -> pd.Series:
     "True for the rows of the model every knob starts from: the (config, variant) that lies on more than one knob's curve."
     return points.groupby(['config', 'variant']).knob.transform('nunique') > 1
 
-def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', reference: str = 'Drift Correction λ') -> pd.DataFrame:
-    "Per point of the other knobs: the `reference` point that beats it most clearly on both axes (more `x`, less `y`), both margins and their standard errors [ours]."
+def _paired_margin(wide: pd.DataFrame, better: tuple, worse: tuple) -> tuple[float, float, int]:
+    "Mean, standard error and count of `better` − `worse` over the units (concept × seed) both were measured on: a paired margin."
+    d = (wide[better] - wide[worse]).dropna()
+    return float(d.mean()) if len(d) else math.nan, float(d.sem()) if len(d) > 1 else math.nan, len(d)
+
+def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', reference: str = 'Drift Correction λ',
+                       models: pd.DataFrame | None = None) -> pd.DataFrame:
+    "Per point of the other knobs: the `reference` point that beats it most clearly on both axes (more `x`, less `y`), both margins and their standard errors, paired on concept × seed when `models` (`lab_measures` rows) is given [ours]."
     # `frontier_gaps` does not interpolate outside the reference's range of `x`; a point that learns less *and* drifts
-    # more than some reference point is still beaten, and this says by how much, in standard errors of each margin
+    # more than some reference point is still beaten, and this says by how much, in standard errors of each margin.
+    # Every configuration trains on the same concepts and seeds, and concepts differ far more than knobs do (a heart is
+    # learned by nearly every model, a crescent by few): with `models`, each margin is the mean of per-unit differences
+    # and its s.e. that of those differences (the classifier's paired design, applied to whole models). "Beats it on both"
+    # then asks both margins' 95% Student-t intervals to exclude 0 (a threshold of t(0.975, n - 1) s.e., 2.57 at n = 6)
+    # rather than the unpaired 2 s.e.
+    wide = {}
+    if models is not None:
+        seeds = {int(s) for v in points.get('training_seeds', pd.Series(dtype=str)).dropna().unique() for s in str(v).split(',')}
+        m = models[models.measure.isin([x, y]) & (models.training_seed.isin(seeds) if seeds else True)]
+        wide = {k: m[m.measure == k].pivot_table(index=['concept', 'training_seed'], columns=['config', 'variant'], values='value') for k in (x, y)}
     start = _at_start(points)
     ref, others = points[(points.knob == reference) & ~start], points[(points.knob != reference) & ~start]
     if ref.empty: raise ValueError(f"the reference knob {reference!r} has no point beyond the common start; turn it at least once.")
@@ -267,11 +291,18 @@ def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'g
     for _, p in others.iterrows():
         best = None
         for _, r in ref.iterrows():
-            dx, dy = r[x] - p[x], p[y] - r[y]            # > 0: the reference point learns more, drifts less
-            sx, sy = math.hypot(r.get(f'{x}_se') or 0, p.get(f'{x}_se') or 0), math.hypot(r.get(f'{y}_se') or 0, p.get(f'{y}_se') or 0)
-            cand = dict(knob=p.knob, value=p.value, by=r.value, d_x=dx, d_x_se=sx, d_y=dy, d_y_se=sy, z=min(z(dx, sx), z(dy, sy)))
+            if wide:   # paired on concept × seed
+                (dx, sx, n), (dy, sy, _) = (_paired_margin(wide[x], (r.config, r.variant), (p.config, p.variant)),
+                                            _paired_margin(wide[y], (p.config, p.variant), (r.config, r.variant)))
+                threshold = float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.inf
+            else:      # > 0: the reference point learns more, drifts less; the two points' standard errors combined
+                threshold = 2.0
+                dx, dy = r[x] - p[x], p[y] - r[y]
+                sx, sy = math.hypot(r.get(f'{x}_se') or 0, p.get(f'{x}_se') or 0), math.hypot(r.get(f'{y}_se') or 0, p.get(f'{y}_se') or 0)
+            cand = dict(knob=p.knob, value=p.value, by=r.value, paired=bool(wide), threshold=threshold, d_x=dx, d_x_se=sx, d_y=dy, d_y_se=sy, z=min(z(dx, sx), z(dy, sy)))
             if best is None or cand['z'] > best['z']: best = cand
-        best['verdict'] = (f'{reference} {best["by"]:g} beats it on both (2 s.e.)' if best['z'] > 2 else
+        beyond = '2 s.e.' if not best['paired'] else f'95% paired t, {best["threshold"]:.2f} s.e.'
+        best['verdict'] = (f'{reference} {best["by"]:g} beats it on both ({beyond})' if best['z'] > best['threshold'] else
                            f'{reference} {best["by"]:g} beats it on both means, within noise' if best['z'] > 0 else 'not beaten on both')
         rows.append(best)
     return pd.DataFrame(rows).rename(columns={'d_x': f'd_{x}', 'd_x_se': f'd_{x}_se', 'd_y': f'd_{y}', 'd_y_se': f'd_{y}_se'})
@@ -319,7 +350,7 @@ TEACHER_POOL = ('db-lr-1e-4-teacher-pool', 'db-lr-1e-4')   # (teacher cache, liv
 def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_boot: int = 1000,
                tradeoff_configs: Sequence[str] = ('db-lr-1e-4', 'lr-1e-4-lambda-20', 'lr-1e-4-lambda-50', 'lr-1e-4-lambda-500'),
                tradeoff_seed: int = 0, pool: str | Path | None = None) -> dict[str, pd.DataFrame]:
-    "The laboratory's tables: validity per model (against both ground truths), per model × prompt and inside each model, DC's trade-off and frontier against the other knobs at one training seed, and the teacher cache against the live teacher where `pool` (default: `teacher_pool/` beside `root`) holds it; with `out`, CSVs and figures written there [ours]."
+    "The laboratory's tables: validity per model (against both ground truths), per model × prompt and inside each model, DC's trade-off (at one training seed) and frontier against the other knobs (pooled over the seeds all its points have, dominance paired on concept × seed), and the teacher cache against the live teacher where `pool` (default: `teacher_pool/` beside `root`) holds it; with `out`, CSVs and figures written there [ours]."
     from open_forgetting.plots import save_figure
     from open_forgetting.study import save_table
     root = Path(root or lab_root())
@@ -336,12 +367,12 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
     frontiers = {}   # (method, protection measure) -> DC's frontier against the other knobs, where they were run
     for method, families in FRONTIERS.items():
         for y, suffix in (('gt_drift', ''), ('drop: miniworld:shape', '_shape_drop')):
-            pts = frontier(models, families, x='gt_fidelity', y=y, training_seed=tradeoff_seed)
+            pts = frontier(models, families, x='gt_fidelity', y=y)
             if len(pts): pts = pts[pts.groupby('knob').knob.transform('size') > 1]   # knobs not run beyond the start are left out
             if (len(pts) and (pts.knob == 'Drift Correction λ').sum() >= 2 and (pts.knob != 'Drift Correction λ').any()):
                 frontiers[method, y] = tables[frontier_name(method, f'frontier{suffix}')] = pts
                 tables[frontier_name(method, f'frontier_gaps{suffix}')] = frontier_gaps(pts, y=y)
-                tables[frontier_name(method, f'frontier_dominance{suffix}')] = frontier_dominance(pts, y=y)
+                tables[frontier_name(method, f'frontier_dominance{suffix}')] = frontier_dominance(pts, y=y, models=models)
     pool = Path(pool) if pool is not None else root.parent / 'teacher_pool'
     if any(pool.glob(f'{TEACHER_POOL[0]}/seed-*')):   # kept apart from `root`: near-copies of the live DC models
         both = pd.concat([models, lab_measures(load_lab(pool))], ignore_index=True)
@@ -363,7 +394,7 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
             for ax, (y, pts) in zip(axes[0], panels.items()): plot_frontier(pts, y=y, ax=ax)
             n_knobs = next(iter(panels.values())).knob.nunique() - 1
-            fig.suptitle(f'{method} ({FRONTIER_STARTS[method]}) moved towards the base by DC and {n_knobs} other knob(s), training seed {tradeoff_seed}: '
-                         'mean ± s.e. over its concepts', fontsize=9)
+            fig.suptitle(f'{method} ({FRONTIER_STARTS[method]}) moved towards the base by DC and {n_knobs} other knob(s), training seed(s) {pts.training_seeds.iloc[0]}: '
+                         'mean ± s.e. over its concepts × seeds', fontsize=9)
             fig.tight_layout(); save_figure(fig, Path(out) / frontier_name(method))
     return tables
