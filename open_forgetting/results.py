@@ -6,7 +6,7 @@
 from __future__ import annotations
 import fnmatch, hashlib, math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,11 +18,11 @@ from .study import RunLayout, check_choice, drift_tables, table1_text
 
 # %% auto #0
 __all__ = ['MANIFEST', 'EXCLUDED', 'MAX_BYTES', 'TABLE1_METRICS', 'FIDELITY_METRICS', 'FORGETTING_METRICS', 'results_dir',
-           'published_cell', 'synthetic_run', 'finished_experiments', 'result_files', 'publish_cell', 'run_cells',
-           'publish_run', 'published', 'grid_status', 'rekey_published', 'load_results', 'mean_ci', 'summarize',
-           'cell_drift', 'table1', 'table1_display', 'fidelity_cells', 'table2', 'diversity_cells', 'diversity_table',
-           'ground_truth_cells', 'ground_truth_table', 'paired_effect', 'dc_effects', 'dc_verdict', 'figure_rows',
-           'kid_over_cells']
+           'published_cell', 'synthetic_run', 'finished_experiments', 'result_files', 'study_loader', 'publish_cell',
+           'run_cells', 'publish_run', 'published', 'grid_status', 'rekey_published', 'load_results', 'mean_ci',
+           'summarize', 'cell_drift', 'table1', 'table1_display', 'fidelity_cells', 'table2', 'diversity_cells',
+           'diversity_table', 'ground_truth_cells', 'ground_truth_table', 'paired_effect', 'dc_effects', 'dc_verdict',
+           'figure_rows', 'kid_over_cells']
 
 # %% ../nbs/19_results.ipynb #d038c003
 MANIFEST = 'published.json'                     # one per published cell, written after its files
@@ -125,16 +125,24 @@ def _cell_hash(marker: dict, S, cell: tuple[str, str, str]) -> str | None:
     if 'cell' in ident or 'study' not in ident: return ident.get('cell')
     return S.cell_fingerprint(*cell) if S is not None and ident['study'] == S.fingerprint() else ident['study']
 
-def _entry(folder: Path, marker: dict, seed: int, study, exclude, max_bytes, cell: tuple[str, str, str]) -> tuple[dict, dict[str, bytes]]:
+def study_loader(study) -> Callable[[Mapping | None], object]:
+    "A function of a run's overrides giving `study` loaded under them, each distinct set loaded once (every load validates the whole grid); `None` for no study [ours]."
+    from open_forgetting.study import load_study
+    loaded = {}
+    def load(overrides: Mapping | None = None):
+        if study is None: return None
+        key = stable_hash(dict(overrides or {}))
+        if key not in loaded: loaded[key] = load_study(study, dict(overrides or {}), check_paths=False)
+        return loaded[key]
+    return load
+
+def _entry(folder: Path, marker: dict, seed: int, study, exclude, max_bytes, cell: tuple[str, str, str], load) -> tuple[dict, dict[str, bytes]]:
     "The manifest entry of one finished experiment folder and the bytes to copy (read once: what is hashed is what is written)."
     overrides = (marker.get('parameters') or {}).get('overrides') or {}
     ran = _seed_override(overrides)
     if ran is not None and ran != seed:
         raise ValueError(f"{folder} was trained with training.settings.seed={ran!r}, not seed={seed}: publish it with seed={ran!r}.")
-    S = None
-    if study is not None:
-        from open_forgetting.study import load_study
-        S = load_study(study, overrides, check_paths=False)
+    S = load(overrides)
     fingerprint = _cell_hash(marker, S, cell)
     if S is not None and fingerprint != (expected := S.cell_fingerprint(*cell)):
         raise ValueError(f"{folder} was run with study content {fingerprint!r}, but study={_study_name(study)!r} with the run's "
@@ -168,8 +176,8 @@ def _read_manifest(path: Path) -> dict:
 # %% ../nbs/19_results.ipynb #deb396f8
 def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, seed: int | None = None, dest: str | Path | None = None,
                  experiments: Sequence[str] | None = None, study=None, overwrite: bool = False,
-                 exclude: Sequence[str] = EXCLUDED, max_bytes: int = MAX_BYTES) -> pd.DataFrame:
-    "Copy a cell's finished experiments' tidy CSV tables to `published_cell(dest, ...)`, atomically, and record them in its `published.json` (`seed=None`: the run's `training.settings.seed`) [ours]."
+                 exclude: Sequence[str] = EXCLUDED, max_bytes: int = MAX_BYTES, load=None) -> pd.DataFrame:
+    "Copy a cell's finished experiments' tidy CSV tables to `published_cell(dest, ...)`, atomically, and record them in its `published.json` (`seed=None`: the run's `training.settings.seed`; `load`: a `study_loader(study)` to share across calls) [ours]."
     dest = Path(dest) if dest is not None else results_dir()
     done = finished_experiments(run_dir, concept, method, variant)
     if experiments is not None:
@@ -181,7 +189,8 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
         raise ValueError(f"cell {concept}/{method}-{variant} has no finished experiment in {run_dir} (no sound _SUCCESS.json): nothing to publish.")
     src = RunLayout(Path(run_dir)).cell(concept, method, variant)
     seed = _check_seed(_seed_of_run(done, src) if seed is None else seed)
-    new = {e: _entry(src / e, m, seed, study, exclude, max_bytes, (concept, method, variant)) for e, m in done.items()}
+    load = load or study_loader(study)
+    new = {e: _entry(src / e, m, seed, study, exclude, max_bytes, (concept, method, variant), load) for e, m in done.items()}
     if len({e['study'] for e, _ in new.values()}) > 1:
         raise ValueError(f"the experiments of {src} were run with different study contents {sorted({str(e['study']) for e, _ in new.values()})}: "
                          "rerun the cell with one study file, then publish.")
@@ -226,7 +235,8 @@ def publish_run(run_dir: str | Path, seed: int | None = None, dest: str | Path |
     "`publish_cell` for every cell of a run folder (one training seed) with a finished experiment; the actions of all [ours]."
     cells = run_cells(run_dir)
     if not cells: raise ValueError(f"{run_dir} has no finished experiment (no sound _SUCCESS.json under <concept>/<method>-<variant>/): nothing to publish.")
-    return pd.concat([publish_cell(run_dir, *c, seed=seed, dest=dest, study=study, overwrite=overwrite, **kw) for c in cells], ignore_index=True)
+    load = study_loader(study)   # one load per set of overrides for the whole run, not one per experiment
+    return pd.concat([publish_cell(run_dir, *c, seed=seed, dest=dest, study=study, overwrite=overwrite, load=load, **kw) for c in cells], ignore_index=True)
 
 # %% ../nbs/19_results.ipynb #9778f3f3
 def published(dest: str | Path | None = None) -> pd.DataFrame:
@@ -261,15 +271,13 @@ def grid_status(study, seeds: Sequence[int], dest: str | Path | None = None, exp
 # %% ../nbs/19_results.ipynb #0e2c42b1
 def rekey_published(study, dest: str | Path | None = None) -> pd.DataFrame:
     "Rewrite manifest records carrying the whole study's hash to their cell's (`Study.cell_fingerprint`) where that hash is `study`'s with the record's overrides [ours]."
-    from open_forgetting.study import load_study
-    dest, rows, studies = Path(dest) if dest is not None else results_dir(), [], {}
+    dest, rows, load = Path(dest) if dest is not None else results_dir(), [], study_loader(study)
     for path in sorted(dest.glob(f'seed-*/*/*/{MANIFEST}')):
         m, changed = _read_manifest(path), False
         cell = (m['concept'], m['method'], m['variant'])
         for e, entry in sorted(m['experiments'].items()):
             overrides = (entry.get('parameters') or {}).get('overrides') or {}
-            key = stable_hash(overrides)     # one study load per set of overrides (each validates the whole grid)
-            S = studies[key] = studies.get(key) or load_study(study, overrides, check_paths=False)
+            S = load(overrides)
             now = S.cell_fingerprint(*cell)
             action = 'current' if entry.get('study') == now else 'rekeyed' if entry.get('study') == S.fingerprint() else 'other study'
             if action == 'rekeyed': entry['study'], changed = now, True
