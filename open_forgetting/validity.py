@@ -270,19 +270,18 @@ def _paired_margin(wide: pd.DataFrame, better: tuple, worse: tuple) -> tuple[flo
 
 def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'gt_drift', reference: str = 'Drift Correction λ',
                        models: pd.DataFrame | None = None) -> pd.DataFrame:
-    "Per point of the other knobs: the `reference` point that beats it most clearly on both axes (more `x`, less `y`), both margins and their standard errors, paired on concept × seed when `models` (`lab_measures` rows) is given [ours]."
+    "Per point of the other knobs: the `reference` point that beats it most clearly on both axes (more `x`, less `y`), both margins and their standard errors, paired on every concept × seed both points have when `models` (`lab_measures` rows) is given [ours]."
     # `frontier_gaps` does not interpolate outside the reference's range of `x`; a point that learns less *and* drifts
     # more than some reference point is still beaten, and this says by how much, in standard errors of each margin.
     # Every configuration trains on the same concepts and seeds, and concepts differ far more than knobs do (a heart is
     # learned by nearly every model, a crescent by few): with `models`, each margin is the mean of per-unit differences
     # and its s.e. that of those differences (the classifier's paired design, applied to whole models). "Beats it on both"
     # then asks both margins' 95% Student-t intervals to exclude 0 (a threshold of t(0.975, n - 1) s.e., 2.57 at n = 6)
-    # rather than the unpaired 2 s.e.
+    # rather than the unpaired 2 s.e. A pair is compared on all the units both points have, which may be more training
+    # seeds than `points` pools (the seeds *every* configuration has): each row says how many (`n`)
     wide = {}
     if models is not None:
-        seeds = {int(s) for v in points.get('training_seeds', pd.Series(dtype=str)).dropna().unique() for s in str(v).split(',')}
-        m = models[models.measure.isin([x, y]) & (models.training_seed.isin(seeds) if seeds else True)]
-        wide = {k: m[m.measure == k].pivot_table(index=['concept', 'training_seed'], columns=['config', 'variant'], values='value') for k in (x, y)}
+        wide = {k: models[models.measure == k].pivot_table(index=['concept', 'training_seed'], columns=['config', 'variant'], values='value') for k in (x, y)}
     start = _at_start(points)
     ref, others = points[(points.knob == reference) & ~start], points[(points.knob != reference) & ~start]
     if ref.empty: raise ValueError(f"the reference knob {reference!r} has no point beyond the common start; turn it at least once.")
@@ -296,11 +295,12 @@ def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'g
                                             _paired_margin(wide[y], (p.config, p.variant), (r.config, r.variant)))
                 threshold = float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.inf
             else:      # > 0: the reference point learns more, drifts less; the two points' standard errors combined
-                threshold = 2.0
+                threshold, n = 2.0, int(min(r.get('n', 0), p.get('n', 0)))
                 dx, dy = r[x] - p[x], p[y] - r[y]
                 sx, sy = math.hypot(r.get(f'{x}_se') or 0, p.get(f'{x}_se') or 0), math.hypot(r.get(f'{y}_se') or 0, p.get(f'{y}_se') or 0)
-            cand = dict(knob=p.knob, value=p.value, by=r.value, paired=bool(wide), threshold=threshold, d_x=dx, d_x_se=sx, d_y=dy, d_y_se=sy, z=min(z(dx, sx), z(dy, sy)))
-            if best is None or cand['z'] > best['z']: best = cand
+            cand = dict(knob=p.knob, value=p.value, by=r.value, paired=bool(wide), n=n, threshold=threshold, d_x=dx, d_x_se=sx, d_y=dy, d_y_se=sy, z=min(z(dx, sx), z(dy, sy)))
+            rank = lambda c: (c['z'] > c['threshold'], c['z'])   # beyond its own threshold first (pairs may differ in n), then by z
+            if best is None or rank(cand) > rank(best): best = cand
         beyond = '2 s.e.' if not best['paired'] else f'95% paired t, {best["threshold"]:.2f} s.e.'
         best['verdict'] = (f'{reference} {best["by"]:g} beats it on both ({beyond})' if best['z'] > best['threshold'] else
                            f'{reference} {best["by"]:g} beats it on both means, within noise' if best['z'] > 0 else 'not beaten on both')
