@@ -286,6 +286,7 @@ def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'g
     ref, others = points[(points.knob == reference) & ~start], points[(points.knob != reference) & ~start]
     if ref.empty: raise ValueError(f"the reference knob {reference!r} has no point beyond the common start; turn it at least once.")
     z = lambda d, se: d / se if se > 0 else math.copysign(math.inf, d) if d else 0.0
+    rank = lambda c: (c['z'] > c['threshold'], c['z'])   # beyond its own threshold first (pairs may differ in n), then by z
     rows = []
     for _, p in others.iterrows():
         best = None
@@ -299,7 +300,6 @@ def frontier_dominance(points: pd.DataFrame, x: str = 'gt_fidelity', y: str = 'g
                 dx, dy = r[x] - p[x], p[y] - r[y]
                 sx, sy = math.hypot(r.get(f'{x}_se') or 0, p.get(f'{x}_se') or 0), math.hypot(r.get(f'{y}_se') or 0, p.get(f'{y}_se') or 0)
             cand = dict(knob=p.knob, value=p.value, by=r.value, paired=bool(wide), n=n, threshold=threshold, d_x=dx, d_x_se=sx, d_y=dy, d_y_se=sy, z=min(z(dx, sx), z(dy, sy)))
-            rank = lambda c: (c['z'] > c['threshold'], c['z'])   # beyond its own threshold first (pairs may differ in n), then by z
             if best is None or rank(cand) > rank(best): best = cand
         beyond = '2 s.e.' if not best['paired'] else f'95% paired t, {best["threshold"]:.2f} s.e.'
         best['verdict'] = (f'{reference} {best["by"]:g} beats it on both ({beyond})' if best['z'] > best['threshold'] else
