@@ -131,8 +131,8 @@ def study_loader(study) -> Callable[[Mapping | None], object]:
     loaded = {}
     def load(overrides: Mapping | None = None):
         if study is None: return None
-        key = stable_hash(dict(overrides or {}))
-        if key not in loaded: loaded[key] = load_study(study, dict(overrides or {}), check_paths=False)
+        overrides = dict(overrides or {}); key = stable_hash(overrides)
+        if key not in loaded: loaded[key] = load_study(study, overrides, check_paths=False)
         return loaded[key]
     return load
 

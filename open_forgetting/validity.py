@@ -393,8 +393,8 @@ def lab_report(root: str | Path | None = None, out: str | Path | None = None, n_
             panels = {y: pts for (m, y), pts in frontiers.items() if m == method}
             fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
             for ax, (y, pts) in zip(axes[0], panels.items()): plot_frontier(pts, y=y, ax=ax)
-            n_knobs = next(iter(panels.values())).knob.nunique() - 1
-            fig.suptitle(f'{method} ({FRONTIER_STARTS[method]}) moved towards the base by DC and {n_knobs} other knob(s), training seed(s) {pts.training_seeds.iloc[0]}: '
+            first = next(iter(panels.values()))
+            fig.suptitle(f'{method} ({FRONTIER_STARTS[method]}) moved towards the base by DC and {first.knob.nunique() - 1} other knob(s), training seed(s) {first.training_seeds.iloc[0]}: '
                          'mean ± s.e. over its concepts × seeds', fontsize=9)
             fig.tight_layout(); save_figure(fig, Path(out) / frontier_name(method))
     return tables
