@@ -11,7 +11,8 @@ this script
 3. runs the real path through the runner (`open-forgetting run`): every method (DreamBooth, Custom Diffusion, LoRA,
    HyperMod), plain and with Drift Correction, customize + global drift (classification, generation, CLIP-I, CDI,
    KID, texture), local drift / colour / diversity for one cell, and the report; micro counts throughout;
-4. prints, per stage, the wall time and the peak resident memory of the processes that ran it.
+4. prints, per stage, the wall time and the peak resident memory of the processes that ran it, and the notebook cells
+   that took the most time (`runner.cell_times`: training, classification, generation, each metric).
 
     python benchmarks/rehearse_full_size.py --arch sd15 --out /tmp/rehearsal      # ~40 min target on 2 cores
     python benchmarks/rehearse_full_size.py --arch sd15 --methods lora --variants dc --experiments global_drift --train-resolution 256   # a slice
@@ -195,6 +196,8 @@ def rehearse(args) -> list[dict]:
         pm.execute_notebook(str(experiments_dir() / 'report.ipynb'), str(run_dir / 'report.ipynb'), parameters={'run_dir': str(run_dir)},
                             cwd=str(run_dir), progress_bar=False)
     stage('report', report)
+    from open_forgetting.runner import cell_times, format_cell_times
+    print('\nwhere the time went inside the notebooks:\n' + format_cell_times(cell_times(run_dir), 15), flush=True)
     return rows
 
 

@@ -87,13 +87,14 @@ def _study_without_paths(args):
     return load_study(args.study, parse_overrides(args.set), check_paths=False)
 
 def status_command(args) -> int:
-    "One screen: every job of a run folder, done / running / failed / pending, with the error's last line."
+    "One screen: every job of a run folder, done / running / failed / pending, with the error's last line; `--cells N`: the N cells that took the most time."
     import contextlib
-    from open_forgetting.runner import run_status, format_status, merge_job_tables
+    from open_forgetting.runner import run_status, format_status, merge_job_tables, cell_times, format_cell_times
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir(): raise ValueError(f"run folder {str(run_dir)!r} does not exist (give the --run-dir of `open-forgetting run`).")
     with contextlib.suppress(FileNotFoundError): merge_job_tables(run_dir)   # the shards' tables, merged atomically
     print(format_status(run_status(run_dir)))
+    if args.cells: print('\n' + format_cell_times(cell_times(run_dir), args.cells))
     return 0
 
 # %% ../nbs/99_cli.ipynb #a6968277
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument('--no-path-check', action='store_true', help="plan a study whose folders are not on this machine")
     status = sub.add_parser('status', help='done / running / failed / pending jobs of a run folder')
     status.add_argument('run_dir', help='the --run-dir of `open-forgetting run`')
+    status.add_argument('--cells', type=int, default=0, metavar='N', help='also the N notebook cells that took the most time, summed over jobs')
     _more_commands(sub); _train_command(sub)
     return parser
 

@@ -20,7 +20,7 @@ __all__ = ['MEASUREMENTS', 'MERGED_TABLE', 'STATUSES', 'Job', 'plan_jobs', 'shar
            'check_parameters', 'notebook_hash', 'portable_parameters', 'marker_record', 'check_marker', 'read_marker',
            'write_marker', 'marker_changes', 'experiments_dir', 'job_changes', 'job_done', 'estimate_eta',
            'jobs_table_path', 'write_job_table', 'merge_job_tables', 'run_jobs', 'job_state', 'run_status',
-           'format_status']
+           'format_status', 'cell_times', 'slowest_cells', 'format_cell_times']
 
 # %% ../nbs/13_runner.ipynb #26720a7b
 MEASUREMENTS = ('global_drift', 'local_drift', 'color', 'diversity')
@@ -418,4 +418,41 @@ def format_status(status: pd.DataFrame, max_rows: int = 20, width: int = 110) ->
                   else r.note if isinstance(r.note, str) else '')
         lines.append(_clip(f"{r.status:11} {r.key}" + (f"  {detail}" if detail else ''), width))
     if len(todo) > max_rows: lines.append(f"... and {len(todo) - max_rows} more not done (run_status(...) lists them all)")
+    return '\n'.join(lines)
+
+# %% ../nbs/13_runner.ipynb #7f846868
+def cell_times(run_dir: str | Path) -> pd.DataFrame:
+    "One row per executed code cell of every notebook papermill wrote under `run_dir`: key (job folder), experiment, cell (its index among the source notebook's code cells), code (first line), seconds; plus the notebook's own seconds [ours]."
+    rows = []
+    for path in sorted(Path(run_dir).rglob('*.ipynb')):
+        try: nb = json.loads(path.read_text())
+        except (OSError, ValueError): continue                # being written, or damaged: no timings to give
+        pm_meta = nb.get('metadata', {}).get('papermill')
+        if not isinstance(pm_meta, dict): continue             # not an executed notebook
+        key = path.parent.relative_to(run_dir).as_posix()
+        experiment = Path(pm_meta.get('input_path') or path.name).stem
+        tags = lambda c: set(c.get('metadata', {}).get('tags', []))
+        code_cells = [c for c in nb.get('cells', []) if c.get('cell_type') == 'code' and 'injected-parameters' not in tags(c)]
+        for i, c in enumerate(code_cells):                     # i: the cell's place among the source notebook's code cells
+            if 'parameters' in tags(c): continue
+            src = ''.join(c.get('source', ''))
+            first = next((l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith('#')), '')
+            rows.append(dict(key=key, experiment=experiment, cell=i, code=first[:80],
+                             seconds=c.get('metadata', {}).get('papermill', {}).get('duration'), notebook_seconds=pm_meta.get('duration')))
+    cols = ['key', 'experiment', 'cell', 'code', 'seconds', 'notebook_seconds']
+    return pd.DataFrame(rows, columns=cols).astype({'seconds': float, 'notebook_seconds': float})
+
+def slowest_cells(times: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    "The `n` cells (experiment, cell, code) with the most seconds summed over jobs: total, runs, mean and share of all cell time [ours]."
+    g = times.groupby(['experiment', 'cell', 'code'], sort=False).seconds.agg(total='sum', runs='count', mean='mean').reset_index()
+    return g.assign(share=g.total / times.seconds.sum()).sort_values('total', ascending=False, kind='stable').head(n).reset_index(drop=True)
+
+def format_cell_times(times: pd.DataFrame, n: int = 10, width: int = 110) -> str:
+    "`slowest_cells` on one screen, after a line with the cell time, the notebooks' time and what lies outside cells (kernel start-up)."
+    if times.empty: return 'no executed notebook with per-cell timings in this run folder'
+    nbs = times.groupby('key').notebook_seconds.first()
+    lines = [f"{times.seconds.sum():,.0f} s in {len(times)} cells of {len(nbs)} notebooks ({nbs.sum():,.0f} s in all; "
+             f"{nbs.sum() - times.seconds.sum():,.0f} s outside cells: kernel start-up, parameters); the {n} slowest cells:"]
+    for r in slowest_cells(times, n).itertuples():
+        lines.append(_clip(f"{r.share:6.1%} {r.total:9,.1f} s  {r.runs:4d} x {r.mean:8.2f} s  {r.experiment} cell {r.cell}: {r.code}", width))
     return '\n'.join(lines)

@@ -125,3 +125,22 @@ def test_a_running_job_is_observable_from_outside(tmp_path):
     assert seen['running']['pid'] == os.getpid() == seen['kernel_parent']
     assert seen['status'] == {'a/dreambooth-plain/probe': 'running'}
     assert run_status(run).status.tolist() == ['done'] and not (run / 'a/dreambooth-plain/probe/_RUNNING.json').exists()
+
+
+def test_cell_times_find_the_slow_cell_of_a_real_run(tmp_path, capsys):
+    "Papermill's per-cell durations, read back: a cell that sleeps 1 s is the slowest, and no cell takes longer than its notebook."
+    from open_forgetting.cli import main
+    from open_forgetting.runner import cell_times, slowest_cells
+    d = tmp_path / 'nbs'; d.mkdir()
+    _notebook(d / 'customize.ipynb', "x = 1", "import time\ntime.sleep(1.0)", "y = x + 1")
+    run = tmp_path / 'run'
+    run_jobs(plan_jobs(['a', 'b'], ['dreambooth'], ['plain'], experiments=[]), run, d, progress=False)
+    times = cell_times(run)
+    assert sorted(times.key.unique()) == ['a/dreambooth-plain/customize', 'b/dreambooth-plain/customize']
+    assert len(times) == 2 * 3                                   # the parameters cells are not counted
+    top = slowest_cells(times, 1).iloc[0]
+    assert (top.experiment, top.cell, top.code, top.runs) == ('customize', 2, 'import time', 2)   # code cells of the source: parameters, x = 1, the sleep
+    assert 2.0 <= top.total < 2.0 + 1.0 and (times.seconds <= times.notebook_seconds).all()
+    assert main(['status', str(run), '--cells', '2']) == 0
+    out = capsys.readouterr().out
+    assert '2 jobs: 2 done' in out and 'customize cell 2: import time' in out
