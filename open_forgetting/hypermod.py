@@ -21,11 +21,11 @@ from .models import Components, encode_prompts
 
 # %% auto #0
 __all__ = ['DEFAULT_TARGET_MODULES', 'FALLBACK_GENERIC_PROMPTS', 'HYPERMOD_WEIGHTS', 'HYPERMOD_CONFIG', 'HYPERMOD_TRAIN_DEFAULTS',
-           'HYPERMOD_SETTING_SECTIONS', 'HyperModConfig', 'select_layers', 'LayerHyperNet', 'HyperModulator',
-           'count_hypermod_parameters', 'attach_hypermod', 'capture_block_outputs', 'block_l1', 'modulated_and_frozen',
-           'generic_prompts', 'SelfInitConfig', 'SelfInitReport', 'measure_mismatch', 'self_initialize',
-           'save_hypermod', 'load_hypermod', 'self_init_key', 'self_initialize_cached', 'check_hypermod_settings',
-           'hypermod_settings', 'HyperMod']
+           'HYPERMOD_SETTING_SECTIONS', 'HyperModConfig', 'modulator_settings', 'select_layers', 'LayerHyperNet',
+           'HyperModulator', 'count_hypermod_parameters', 'attach_hypermod', 'capture_block_outputs', 'block_l1',
+           'modulated_and_frozen', 'generic_prompts', 'SelfInitConfig', 'SelfInitReport', 'measure_mismatch',
+           'self_initialize', 'save_hypermod', 'load_hypermod', 'self_init_key', 'self_initialize_cached',
+           'check_hypermod_settings', 'hypermod_settings', 'HyperMod']
 
 # %% ../nbs/11_hypermod.ipynb #f9cba065
 DEFAULT_TARGET_MODULES = (r'.*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)', r'.*\.resnets\.\d+\.(conv1|conv2)')
@@ -44,6 +44,8 @@ class HyperModConfig:
     embedding_init_std: float = 1.0  # v ~ N(0, std^2 I); also the prior self-initialization samples from
     cache_without_grad: bool = True  # reuse modulated weights across no-grad forwards (sampling, classification)
     seed: int = 0                  # seed of the hypernetwork and embedding initialisation
+    train_identifier: bool = False # [ours] the prompt's identifier rows of the token embedding train too (as LoRA's
+                                   # pivotal tuning, at text_encoder_lr_scale x lr): the training loop reads it, the modulator does not
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules) if not isinstance(self.target_modules, str) else (self.target_modules,)
@@ -51,6 +53,10 @@ class HyperModConfig:
             raise ValueError(f"init={self.init!r} must be 'random' or 'identity'.")
         for k in ('embedding_dim', 'hidden_dim', 'rank'):
             if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)} must be >= 1.")
+
+def modulator_settings(config: HyperModConfig) -> dict:
+    "The fields the modulator (and its self-initialization) reads: all but `train_identifier`, so self-initialization caches are shared [ours]."
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != 'train_identifier'}
 
 # %% ../nbs/11_hypermod.ipynb #9c8d475c
 def _name_matches(name: str, pattern: str) -> bool:
@@ -459,7 +465,7 @@ def self_init_key(modulator: HyperModulator, components: Components, config: Sel
     prompts = list(prompts) if prompts is not None else generic_prompts(config.prompt_limit)
     unet = modulator.unet
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != 'progress'}
-    return stable_hash(dict(base=modulator.base_fingerprint, hypermod=dataclasses.asdict(modulator.config), self_init=settings,
+    return stable_hash(dict(base=modulator.base_fingerprint, hypermod=modulator_settings(modulator.config), self_init=settings,
                             prompts=model_fingerprint({'cond': encode_prompts(components, prompts).float().cpu()}),
                             device=unet.device.type, dtype=str(unet.dtype)))
 
@@ -480,9 +486,9 @@ def self_initialize_cached(modulator: HyperModulator, components: Components, co
 
 # %% ../nbs/11_hypermod.ipynb #b2b3d7d8
 try:
-    from open_forgetting.train import CustomizationMethod as _CustomizationMethod, register_method as _register_method
+    from open_forgetting.train import CustomizationMethod as _CustomizationMethod, IdentifierRows as _IdentifierRows, register_method as _register_method
 except ImportError:  # a checkout without the training module: the library above still works on its own
-    _CustomizationMethod = _register_method = None
+    _CustomizationMethod = _IdentifierRows = _register_method = None
 
 HYPERMOD_TRAIN_DEFAULTS = dict(learning_rate=1e-4, train_batch_size=1, max_steps=800, lambda_pr=1.0, num_class_images=200)
 
@@ -516,10 +522,9 @@ def hypermod_settings(train_config, hypermod_config: HyperModConfig | None = Non
     return out[0], out[1]
 
 if _CustomizationMethod is not None:
-    class HyperMod(_CustomizationMethod):
-        "HyperMod (Laria et al. 2022) as a customization method: frozen UNet, hypernetworks + concept embedding train; self-initialized first."
+    class HyperMod(_IdentifierRows, _CustomizationMethod):
+        "HyperMod (Laria et al. 2022) as a customization method: frozen UNet, hypernetworks + concept embedding train (with `train_identifier`, the identifier's embedding rows too); self-initialized first."
         defaults = HYPERMOD_TRAIN_DEFAULTS
-        modifies_text_encoder = False
         shares_frozen_weights = True                    # prepare only reads the UNet's weights (attach leaves them untouched)
         hypermod_config: HyperModConfig | None = None   # defaults under TrainConfig.method_settings['hypermod']
         self_init_config: SelfInitConfig | None = None  # defaults under TrainConfig.method_settings['self_init']
@@ -533,12 +538,19 @@ if _CustomizationMethod is not None:
         def settings(self) -> tuple[HyperModConfig, SelfInitConfig]:
             return hypermod_settings(self.config, self.hypermod_config, self.self_init_config)
 
+        @property
+        def _identifier_only(self) -> bool: return self.settings()[0].train_identifier
+        @property
+        def modifies_text_encoder(self) -> bool: return self._identifier_only
+        def text_training(self): return 'token' if self._identifier_only else 'none'
+
         def prepare(self, components, concept):
             unet = components.unet
             unet.requires_grad_(False); components.text_encoder.requires_grad_(False)
             self.modulator = HyperModulator(unet, self.settings()[0]).attach(unet)
             self.modulator.requires_grad_(True)
             self.self_init_report = None
+            if self._identifier_only: self.train_identifier_rows(components, concept)
 
         def on_train_start(self, trainer):
             "Self-initialize (cached) the student's hypernetworks before the first step; report to `<run>/hypermod.json`."
@@ -551,12 +563,13 @@ if _CustomizationMethod is not None:
         def setup_cost(self) -> tuple[str, int] | None:
             "Self-initialization, cached per settings: per step a frozen pass (1) and the modulated UNet's forward and backward (3) per sample, plus the mismatch before and after (2 passes of the evaluation batch, twice)."
             si = self.settings()[1]
-            return (stable_hash(self.identity()), si.steps * si.batch_size * 4 + 4 * si.eval_batch_size) if si.steps > 0 else None
+            key = stable_hash({'hypermod': modulator_settings(self.settings()[0]), 'self_init': self.identity()['self_init']})
+            return (key, si.steps * si.batch_size * 4 + 4 * si.eval_batch_size) if si.steps > 0 else None
 
         def identity(self) -> dict:
-            "The HyperMod and self-initialization settings (they change the trained result but are not TrainConfig fields; progress left out)."
+            "The HyperMod and self-initialization settings (they change the trained result but are not TrainConfig fields; progress left out; `train_identifier` only when on, so earlier runs keep their key)."
             hm, si = self.settings()
-            return {'hypermod': dataclasses.asdict(hm), 'self_init': {k: v for k, v in dataclasses.asdict(si).items() if k != 'progress'}}
+            return {'hypermod': {k: v for k, v in dataclasses.asdict(hm).items() if k != 'train_identifier' or v}, 'self_init': {k: v for k, v in dataclasses.asdict(si).items() if k != 'progress'}}
 
         def run_info(self) -> dict:
             "Parameter counts, the HyperMod settings and the self-initialization residual of this run."

@@ -94,12 +94,13 @@ def fuse_unet_lora(unet: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module
 
 # %% ../nbs/15_interop.ipynb #958b07ec
 def trained_tokens(info: dict) -> list[str]:
-    "The words whose embedding rows a run trained: Custom Diffusion's modifier token, DreamBooth's identifier when only it trains, LoRA's with `lora_train_identifier`."
+    "The words whose embedding rows a run trained: Custom Diffusion's modifier token, DreamBooth's identifier when only it trains, LoRA's with `lora_train_identifier`, HyperMod's with `train_identifier`."
     c = info['config']
     if c['method'] == 'custom_diffusion': return [c['modifier_token']]
     if c['method'] == 'dreambooth' and c.get('train_identifier_embedding') and not c.get('train_text_encoder'):
         return [info['concept']['identifier']]
     if c['method'] == 'lora' and c.get('lora_train_identifier'): return [info['concept']['identifier']]
+    if c['method'] == 'hypermod' and (c.get('method_settings') or {}).get('hypermod', {}).get('train_identifier'): return [info['concept']['identifier']]
     return []
 
 def token_embedding(components: Components, word: str) -> torch.Tensor:

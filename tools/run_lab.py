@@ -84,6 +84,14 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and 
     **{f'{name}-lr-{lr:.0e}'.replace('e-0', 'e-'): dict(methods=[method], variants=['plain'], seeds=[0], set={'training.settings.learning_rate': lr})
        for name, method, lrs in (('custom-diffusion', 'custom_diffusion', (3.0e-3, 1.0e-3, 3.0e-4)), ('hypermod', 'hypermod', (1.0e-2, 3.0e-3, 1.0e-3, 3.0e-4)))
        for lr in lrs},
+    # HyperMod with its identifier's embedding rows trained too (`method_settings.hypermod.train_identifier`, as LoRA's
+    # pivotal tuning): its modulation does not read the prompt, so without the rows the identifier carries nothing of the
+    # concept and no learning rate above learns it. Rows at 5e-3 in both (the study's 50x at 1e-4; 5x at 1e-3, as LoRA's).
+    **{f'hypermod-lr-{lr:.0e}-identifier'.replace('e-0', 'e-'): dict(
+        methods=['hypermod'], variants=['plain'], seeds=[0],
+        set={'training.settings.learning_rate': lr, 'training.settings.text_encoder_lr_scale': scale,
+             'training.per_method.hypermod.method_settings': {'hypermod': {'train_identifier': True}}})
+       for lr, scale in ((1.0e-4, 50.0), (1.0e-3, 5.0))},
     # the teacher cache (issue 14 item 3): `db-lr-1e-4`'s DC models again, the teacher's predictions from a fixed pool of
     # 1,024 samples (500 steps x 2 DC samples = 1,000 draws live). Published apart (`publish_to`): near-copies of the live
     # DC models would weigh twice in the metric-validity set, which reads every configuration under `validity.lab_root()`.
