@@ -174,6 +174,12 @@ def _read_manifest(path: Path) -> dict:
 
 
 # %% ../nbs/19_results.ipynb #deb396f8
+_LOCATORS = ('files', 'study_name')   # where a record's study file lay, and its file list (compared file by file): not what was computed
+
+def _record_differences(old: dict, new: dict) -> list[str]:
+    "The fields in which two published records of one experiment differ, leaving out locators (a study file's path on the machine that published it) [ours]."
+    return sorted(k for k in set(old) | set(new) if k not in _LOCATORS and old.get(k) != new.get(k))
+
 def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, seed: int | None = None, dest: str | Path | None = None,
                  experiments: Sequence[str] | None = None, study=None, overwrite: bool = False,
                  exclude: Sequence[str] = EXCLUDED, max_bytes: int = MAX_BYTES, load=None) -> pd.DataFrame:
@@ -199,8 +205,8 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
     actions, conflicts = [], []
     for e, (entry, data) in new.items():          # check everything first: nothing is written when anything conflicts
         old = manifest.get('experiments', {}).get(e)
-        if old is not None and {k: v for k, v in old.items() if k != 'files'} != {k: v for k, v in entry.items() if k != 'files'}:
-            conflicts.append(f'{e}: the published record differs (e.g. study content {old.get("study")!r} -> {entry["study"]!r})')
+        if old is not None and (differ := _record_differences(old, entry)):
+            conflicts.append(f'{e}: the published record differs in ' + ', '.join(f'{k} ({old.get(k)!r} -> {entry.get(k)!r})' for k in differ))
         for name in data:
             target = out / e / name
             if not target.exists(): actions.append((e, name, 'written'))
@@ -217,8 +223,11 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
         if action in ('written', 'replaced'):
             with atomic_write(out / e / name, 'wb') as f: f.write(new[e][1][name])
         elif action == 'removed': (out / e / name).unlink()
+    def kept(e, entry):                           # same cell, same bytes: the record as it was (its path from elsewhere too)
+        old = manifest.get('experiments', {}).get(e)
+        return old if old is not None and not _record_differences(old, entry) and old.get('files') == entry['files'] else entry
     record = dict(concept=concept, method=method, variant=variant, seed=seed,
-                  experiments={**manifest.get('experiments', {}), **{e: entry for e, (entry, _) in new.items()}})
+                  experiments={**manifest.get('experiments', {}), **{e: kept(e, entry) for e, (entry, _) in new.items()}})
     if record != manifest: atomic_save_json(record, out / MANIFEST)
     return pd.DataFrame(actions, columns=['experiment', 'file', 'action']).assign(concept=concept, method=method, variant=variant, seed=seed)
 

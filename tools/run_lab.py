@@ -121,7 +121,9 @@ def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_
         for what, extra in passes:
             print(f'# {name} seed {seed}{what}:', ' '.join([*base[2:], *extra]), flush=True)
             subprocess.run([*base, *extra], check=True)
-        actions = publish_run(run_dir, seed=seed, dest=results / name, study=str(STUDY))
+        # with --drift-map only the drift map is published: the models' other tables were published by the run that trained
+        # them (a faithful rerun of a model differs from them in wall seconds and float noise, and must not replace them)
+        actions = publish_run(run_dir, seed=seed, dest=results / name, study=str(STUDY), **({'experiments': ['drift_map']} if drift_map else {}))
         print(actions.to_string(index=False), flush=True)
 
 
@@ -129,7 +131,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--only', default=None, help=f'comma-separated configurations (default: all of {list(CONFIGS)})')
     p.add_argument('--seeds', default=None, help="comma-separated training seeds (default: each configuration's)")
-    p.add_argument('--drift-map', action='store_true', help='also run the drift_map experiment (functional drift over the world)')
+    p.add_argument('--drift-map', action='store_true', help='also run the drift_map experiment (functional drift over the world) and '
+                   'publish only it (the configuration run and published before, its weights still in --runs)')
     p.add_argument('--concepts', default=None, help=f'comma-separated concepts (default: all of {CONCEPTS})')
     p.add_argument('--runs', default=os.environ.get('OPEN_FORGETTING_LAB_RUNS', '/tmp/lab'), help='folder of the run folders')
     a = p.parse_args(argv)
