@@ -423,7 +423,7 @@ def format_status(status: pd.DataFrame, max_rows: int = 20, width: int = 110) ->
 # %% ../nbs/13_runner.ipynb #7f846868
 def cell_times(run_dir: str | Path) -> pd.DataFrame:
     "One row per executed code cell of every notebook papermill wrote under `run_dir`: key (job folder), experiment, cell (its index among the source notebook's code cells), code (first line), seconds; plus the notebook's own seconds [ours]."
-    rows = []
+    rows, tags = [], lambda c: set(c.get('metadata', {}).get('tags', []))
     for path in sorted(Path(run_dir).rglob('*.ipynb')):
         try: nb = json.loads(path.read_text())
         except (OSError, ValueError): continue                # being written, or damaged: no timings to give
@@ -431,7 +431,6 @@ def cell_times(run_dir: str | Path) -> pd.DataFrame:
         if not isinstance(pm_meta, dict): continue             # not an executed notebook
         key = path.parent.relative_to(run_dir).as_posix()
         experiment = Path(pm_meta.get('input_path') or path.name).stem
-        tags = lambda c: set(c.get('metadata', {}).get('tags', []))
         code_cells = [c for c in nb.get('cells', []) if c.get('cell_type') == 'code' and 'injected-parameters' not in tags(c)]
         for i, c in enumerate(code_cells):                     # i: the cell's place among the source notebook's code cells
             if 'parameters' in tags(c): continue
