@@ -563,13 +563,18 @@ if _CustomizationMethod is not None:
         def setup_cost(self) -> tuple[str, int] | None:
             "Self-initialization, cached per settings: per step a frozen pass (1) and the modulated UNet's forward and backward (3) per sample, plus the mismatch before and after (2 passes of the evaluation batch, twice)."
             si = self.settings()[1]
-            key = stable_hash({'hypermod': modulator_settings(self.settings()[0]), 'self_init': self.identity()['self_init']})
-            return (key, si.steps * si.batch_size * 4 + 4 * si.eval_batch_size) if si.steps > 0 else None
+            return (stable_hash(self._self_init_identity()), si.steps * si.batch_size * 4 + 4 * si.eval_batch_size) if si.steps > 0 else None
+
+        def _self_init_identity(self) -> dict:
+            "What the self-initialization reads: the modulator's settings and its own (progress left out)."
+            hm, si = self.settings()
+            return {'hypermod': modulator_settings(hm), 'self_init': {k: v for k, v in dataclasses.asdict(si).items() if k != 'progress'}}
 
         def identity(self) -> dict:
             "The HyperMod and self-initialization settings (they change the trained result but are not TrainConfig fields; progress left out; `train_identifier` only when on, so earlier runs keep their key)."
-            hm, si = self.settings()
-            return {'hypermod': {k: v for k, v in dataclasses.asdict(hm).items() if k != 'train_identifier' or v}, 'self_init': {k: v for k, v in dataclasses.asdict(si).items() if k != 'progress'}}
+            d = self._self_init_identity()
+            if self._identifier_only: d['hypermod']['train_identifier'] = True
+            return d
 
         def run_info(self) -> dict:
             "Parameter counts, the HyperMod settings and the self-initialization residual of this run."

@@ -202,11 +202,12 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
                          "rerun the cell with one study file, then publish.")
     out = published_cell(dest, concept, method, variant, seed)
     manifest = _read_manifest(out / MANIFEST)
-    actions, conflicts = [], []
+    actions, conflicts, records = [], [], {}
     for e, (entry, data) in new.items():          # check everything first: nothing is written when anything conflicts
         old = manifest.get('experiments', {}).get(e)
-        if old is not None and (differ := _record_differences(old, entry)):
-            conflicts.append(f'{e}: the published record differs in ' + ', '.join(f'{k} ({old.get(k)!r} -> {entry.get(k)!r})' for k in differ))
+        differ = _record_differences(old, entry) if old is not None else None
+        if differ: conflicts.append(f'{e}: the published record differs in ' + ', '.join(f'{k} ({old.get(k)!r} -> {entry.get(k)!r})' for k in differ))
+        records[e] = old if differ == [] and old.get('files') == entry['files'] else entry   # same cell, same bytes: the record as it was
         for name in data:
             target = out / e / name
             if not target.exists(): actions.append((e, name, 'written'))
@@ -223,11 +224,7 @@ def publish_cell(run_dir: str | Path, concept: str, method: str, variant: str, s
         if action in ('written', 'replaced'):
             with atomic_write(out / e / name, 'wb') as f: f.write(new[e][1][name])
         elif action == 'removed': (out / e / name).unlink()
-    def kept(e, entry):                           # same cell, same bytes: the record as it was (its path from elsewhere too)
-        old = manifest.get('experiments', {}).get(e)
-        return old if old is not None and not _record_differences(old, entry) and old.get('files') == entry['files'] else entry
-    record = dict(concept=concept, method=method, variant=variant, seed=seed,
-                  experiments={**manifest.get('experiments', {}), **{e: kept(e, entry) for e, (entry, _) in new.items()}})
+    record = dict(concept=concept, method=method, variant=variant, seed=seed, experiments={**manifest.get('experiments', {}), **records})
     if record != manifest: atomic_save_json(record, out / MANIFEST)
     return pd.DataFrame(actions, columns=['experiment', 'file', 'action']).assign(concept=concept, method=method, variant=variant, seed=seed)
 
