@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_results.ipynb #b18d5fac
 from __future__ import annotations
-import fnmatch, hashlib, math
+import fnmatch, hashlib, math, os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -117,7 +117,12 @@ def result_files(folder: str | Path, exclude: Sequence[str] = EXCLUDED) -> list[
                   and not any(fnmatch.fnmatchcase(p.stem, pat) for pat in exclude))
 
 # %% ../nbs/19_results.ipynb #9b7b17e1
-def _study_name(study) -> str | None: return None if study is None else study if isinstance(study, str) else getattr(study, 'name', str(study))
+def _study_name(study) -> str | None:
+    "How a record names its study: a shipped study by its name, a study file inside the checkout by its path from the checkout's root (the same on every machine), any other file by its path [ours]."
+    if study is None or not isinstance(study, (str, os.PathLike)): return None if study is None else getattr(study, 'name', str(study))
+    if Path(study).suffix not in ('.yaml', '.yml'): return str(study)     # a shipped study's name
+    try: return Path(study).resolve().relative_to(repo_root()).as_posix()
+    except (ValueError, FileNotFoundError): return str(study)           # outside the checkout, or an installed copy
 
 def _cell_hash(marker: dict, S, cell: tuple[str, str, str]) -> str | None:
     "The cell's study hash that a runner marker records; a marker from before cells were keyed on their own (the whole study's hash) counts when it is `S`'s."
