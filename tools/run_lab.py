@@ -79,7 +79,7 @@ CONFIGS = {   # name -> methods, variants, training seeds, study overrides (and 
     **{f'lora-lr-1e-3-identifier-rank-{r}': _lora(['plain'], **LORA_PIVOTAL, **{'training.settings.lora_rank': r}) for r in (2, 1)},
     'lora-lr-1e-3-identifier-pr-5': _lora(['plain'], **LORA_PIVOTAL, **{'training.settings.lambda_pr': 5.0}),
     # Custom Diffusion and HyperMod at higher learning rates, looking for a recipe that learns the concept on this base (at
-    # lr 1e-4, `custom-diffusion` and `hypermod`, their ground-truth fidelity is 0.31 and 0.13 in the grid) for the grid's
+    # lr 1e-4, `custom-diffusion` and `hypermod`, their ground-truth fidelity was 0.31 and 0.13 in the grid then) for the grid's
     # `training.per_method` (as LoRA's search above gave it `lora-lr-1e-3-identifier`)
     **{f'{name}-lr-{lr:.0e}'.replace('e-0', 'e-'): dict(methods=[method], variants=['plain'], seeds=[0], set={'training.settings.learning_rate': lr})
        for name, method, lrs in (('custom-diffusion', 'custom_diffusion', (3.0e-3, 1.0e-3, 3.0e-4)), ('hypermod', 'hypermod', (1.0e-2, 3.0e-3, 1.0e-3, 3.0e-4)))
