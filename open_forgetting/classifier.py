@@ -333,9 +333,11 @@ def measure_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[i
         except torch.OutOfMemoryError: break                        # too big for this device: the last fitting size stands
         calls[b], rates[b], per_sample = call, b / seconds, max(per_sample, held / b)
         if seconds > max_call_s or 2 * b * per_sample > budget: break
-    for b, call in calls.items() if len(calls) > 1 else ():   # round 2: every size timed once more, the faster reading
-        rates[b] = max(rates[b], b / _time_call(call, 1, warm_up=False))   # kept (a process's first seconds and bursts of
-    best, best_rate = _DEFAULT_BATCH, 0.0   # other work only ever slow a reading; seen: 16 at 79/s after 8 at 153/s, later both ~185/s)
+    # round 2: every size timed once more, the faster reading kept: a process's first seconds and bursts of other work
+    # only ever slow a reading (seen: 16 at 79/s after 8 at 153/s, later both ~185/s). One size alone needs no second look.
+    for b, call in calls.items() if len(calls) > 1 else ():
+        rates[b] = max(rates[b], b / _time_call(call, 1, warm_up=False))
+    best, best_rate = _DEFAULT_BATCH, 0.0
     for b, rate in rates.items():
         if rate > best_rate * 1.03: best, best_rate = b, rate     # a bigger batch must be clearly faster
     r = dict(batch_size=best, bytes_per_sample=per_sample, samples_per_s={str(k): v for k, v in rates.items()}, device=dev,

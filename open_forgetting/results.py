@@ -119,7 +119,8 @@ def result_files(folder: str | Path, exclude: Sequence[str] = EXCLUDED) -> list[
 # %% ../nbs/19_results.ipynb #9b7b17e1
 def _study_name(study) -> str | None:
     "How a record names its study: a shipped study by its name, a study file inside the checkout by its path from the checkout's root (the same on every machine), any other file by its path [ours]."
-    if study is None or not isinstance(study, (str, os.PathLike)): return None if study is None else getattr(study, 'name', str(study))
+    if study is None: return None
+    if not isinstance(study, (str, os.PathLike)): return getattr(study, 'name', str(study))   # a loaded Study
     if Path(study).suffix not in ('.yaml', '.yml'): return str(study)     # a shipped study's name
     try: return Path(study).resolve().relative_to(repo_root()).as_posix()
     except (ValueError, FileNotFoundError): return str(study)           # outside the checkout, or an installed copy
