@@ -11,6 +11,7 @@ Measure only on a quiet machine (load average well below the core count).
     python benchmarks/classifier.py --threads 2                       # defaults: batch measured per device, prefix sharing on
     python benchmarks/classifier.py --threads 2 --no-share-prefix     # lever off: prefix sharing
     python benchmarks/classifier.py --threads 2 --batch-size 32       # lever off: measured batch size (try 32, 128, 550)
+    python benchmarks/classifier.py --threads 2 --workers 1           # lever off: concurrent UNet calls (measured per device)
     python benchmarks/classifier.py --threads 2 --channels-last       # lever: channels-last
     python benchmarks/classifier.py --threads 2 --compile             # lever: torch.compile (inductor; eager if it fails)
     python benchmarks/classifier.py --device cuda --sd15 --compile    # GPU, SD-1.5-sized UNet (random weights), bf16, fraction of peak
@@ -192,6 +193,7 @@ def main():
     ap.add_argument('--images', type=int, default=None, help='images to classify per timed run (default 2 on CPU, 4 on GPU)')
     ap.add_argument('--batch-size', default='auto', help="open_forgetting's UNet batch: an integer or 'auto' (measured per device, the default)")
     ap.add_argument('--no-share-prefix', action='store_true', help='lever off: run the prompt-independent UNet prefix once per prompt')
+    ap.add_argument('--workers', default='auto', help="UNet calls at once, each on threads / workers: an integer or 'auto' (measured per device, the default)")
     ap.add_argument('--channels-last', action='store_true', help='lever: channels-last UNet and inputs')
     ap.add_argument('--compile', action='store_true', help='lever: torch.compile the UNet (eager fallback when it fails)')
     ap.add_argument('--ref-batch-size', type=int, default=32); ap.add_argument('--threads', type=int, default=None)
@@ -222,6 +224,7 @@ def main():
     else: comps = tiny_components(seed=0, words=[w.strip(".") for p in prompts.prompt for w in p.split()])
     if not (args.sd15 or args.miniworld_model) and device.type != "cpu": comps.to(device)
     cfg = schedule_for('cifar10', batch_size=None if args.batch_size == 'auto' else int(args.batch_size), compile=args.compile,
+                       workers=None if args.workers == 'auto' else int(args.workers),
                        share_prefix=not args.no_share_prefix, channels_last=args.channels_last,
                        dtype=None if not gpu else {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'fp32'}[dtype], **over)
     if args.miniworld_model:
@@ -240,10 +243,10 @@ def main():
     warm = replace(cfg, n_samples=(2, 4), to_keep=(2, 1))
     got = classify(comps, RandomImages(1, prompts.classidx.nunique(), comps.resolution), prompts, warm, cache=False, progress=False)
     run_reference(comps, RandomImages(1, prompts.classidx.nunique(), comps.resolution), prompts, warm, args.ref_batch_size, device, autocast)
-    batch = got.attrs['config']['batch_size']
+    batch, workers = got.attrs['config']['batch_size'], got.attrs['config']['workers']
     print(f'device={device} threads={torch.get_num_threads()} model={"miniworld base" if args.miniworld_model else "SD-1.5-sized UNet (random)" if args.sd15 else "tiny"} '
           f'schedule={"miniworld" if args.miniworld_model else "cifar10"} {cfg.to_keep}/{cfg.n_samples} {cfg.loss}: {evals} UNet evals/image, {n_images} images per run, '
-          f'{args.runs} alternating runs each; ours: batch {batch} ({args.batch_size}), share_prefix={cfg.share_prefix}, '
+          f'{args.runs} alternating runs each; ours: batch {batch} ({args.batch_size}), workers {workers} ({args.workers}), share_prefix={cfg.share_prefix}, '
           f'channels_last={cfg.channels_last}, compile={cfg.compile}; reference: batch {args.ref_batch_size}, fp32 on CPU', flush=True)
     print(f'load average before: {os.getloadavg()}', flush=True)
     times, preds = {'open_forgetting': [], 'reference loop': []}, {}

@@ -4,7 +4,8 @@
 
 # %% ../nbs/03_classifier.ipynb #8b69e330
 from __future__ import annotations
-import contextlib, hashlib, os, time, warnings
+import contextlib, hashlib, os, threading, time, warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -27,10 +28,11 @@ from .data import (ClassificationDataset, as_classification_dataset, load_prompt
 # %% auto #0
 __all__ = ['LOSSES', 'SCHEDULES', 'MEMORY_FRACTION', 'ClassifierConfig', 'schedule_for', 'timestep_grid', 'stage_timesteps',
            'evaluations_per_image', 'paired_noise', 'prefix_modules', 'PrefixSharing', 'ImageResult',
-           'classify_latents', 'classify_latent', 'image_group_size', 'memory_cap', 'busy_cpu_load',
-           'measure_batch_size', 'auto_batch_size', 'preprocess_image', 'CompiledOrEager', 'merge_shards', 'run_key',
-           'classify', 'classify_models', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'drift_report',
-           'table1', 'score_drift', 'class_scores', 'predict_proba', 'fit_temperature']
+           'run_concurrently', 'classify_latents', 'classify_latent', 'image_group_size', 'memory_cap', 'busy_cpu_load',
+           'measure_batch_size', 'auto_batch_size', 'auto_workers', 'preprocess_image', 'CompiledOrEager',
+           'merge_shards', 'run_key', 'classify', 'classify_models', 'accuracy', 'per_class_accuracy',
+           'confusion_matrix', 'drift_report', 'table1', 'score_drift', 'class_scores', 'predict_proba',
+           'fit_temperature']
 
 # %% ../nbs/03_classifier.ipynb #574c6771
 LOSSES = ('l1', 'l2', 'huber')
@@ -50,6 +52,7 @@ class ClassifierConfig:
     compile: bool = False                      # torch.compile the UNet (eager with a warning when compiling fails)
     share_prefix: bool = True                  # run the UNet's prompt-independent first layers once per (image, timestep) [ours]
     channels_last: bool = False                # channels-last memory format for the UNet and its inputs
+    workers: int | None = None                 # UNet calls run at once, each on torch's threads ÷ workers [ours]; None: measured (CPU; 1 on a GPU)
 
     def __post_init__(self):
         try: self.to_keep, self.n_samples = tuple(int(k) for k in self.to_keep), tuple(int(n) for n in self.n_samples)
@@ -67,10 +70,12 @@ class ClassifierConfig:
         if self.images_per_batch is not None and (isinstance(self.images_per_batch, bool) or not isinstance(self.images_per_batch, int)
                                                   or self.images_per_batch < 1):
             raise ValueError(f"images_per_batch must be an integer >= 1 or None (as many as fill a batch), got {self.images_per_batch!r}.")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be an integer >= 1 or None (measured per device), got {self.workers!r}.")
         if self.interpolation not in _INTERPOLATIONS: raise ValueError(f"interpolation must be one of {list(_INTERPOLATIONS)}.")
 
     def result_key(self) -> dict:
-        "The settings that change the classifier's numbers (cache key); batch size, images per batch, device and the speed options do not."
+        "The settings that change the classifier's numbers (cache key); batch size, images per batch, workers, device and the speed options do not."
         return dict(to_keep=self.to_keep, n_samples=self.n_samples, loss=self.loss, resolution=self.resolution,
                     interpolation=self.interpolation, dtype=self.dtype)
 
@@ -145,19 +150,20 @@ def prefix_modules(unet) -> list[torch.nn.Module]:
 class PrefixSharing:
     "Context manager: while `groups(ids)` is set, each prefix module runs on one row per group and copies its output to the group [ours]."
     def __init__(self, unet, on: bool = True):
-        self.modules, self.reps, self.inverse = prefix_modules(unet) if on else [], None, None
+        self.modules, self._calls = prefix_modules(unet) if on else [], threading.local()   # groups per thread: calls may run at once
     def groups(self, ids: torch.Tensor | None, device: torch.device | str = 'cpu'):
-        "Rows with equal consecutive `ids` (a CPU tensor: no device sync) are copies below the first cross-attention (same x_t and t); None: no sharing."
-        if ids is None or not self.modules: self.reps = self.inverse = None; return
+        "Rows with equal consecutive `ids` (a CPU tensor: no device sync) are copies below the first cross-attention (same x_t and t); None: no sharing. Set per thread."
+        self._calls.reps = self._calls.inverse = None
+        if ids is None or not self.modules: return
         _, inverse, counts = torch.unique_consecutive(ids.cpu(), return_inverse=True, return_counts=True)
-        if len(counts) == len(ids): self.reps = self.inverse = None; return      # nothing repeats
-        self.reps, self.inverse = (torch.cumsum(counts, 0) - counts).to(device), inverse.to(device)
+        if len(counts) == len(ids): return                                     # nothing repeats
+        self._calls.reps, self._calls.inverse = (torch.cumsum(counts, 0) - counts).to(device), inverse.to(device)
     def _wrap(self, forward):
         def shared(*args, **kwargs):
-            if self.reps is None: return forward(*args, **kwargs)
-            B = len(self.inverse)
-            pick = lambda a: a[self.reps] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == B else a
-            return _expand(forward(*map(pick, args), **{k: pick(v) for k, v in kwargs.items()}), self.inverse)
+            reps, inverse = getattr(self._calls, 'reps', None), getattr(self._calls, 'inverse', None)
+            if reps is None: return forward(*args, **kwargs)
+            pick = lambda a: a[reps] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == len(inverse) else a
+            return _expand(forward(*map(pick, args), **{k: pick(v) for k, v in kwargs.items()}), inverse)
         return shared
     def __enter__(self):
         self._saved = [m.__dict__.get('forward') for m in self.modules]      # a forward patched by someone else, if any
@@ -167,7 +173,7 @@ class PrefixSharing:
         for m, f in zip(self.modules, self._saved):
             if f is None: del m.forward                                       # back to the class's forward
             else: m.forward = f
-        self.reps = self.inverse = None
+        self._calls = threading.local()
 
 def _expand(out, inverse):
     if isinstance(out, torch.Tensor): return out[inverse]
@@ -204,6 +210,19 @@ def _check_latents_args(latents, noises, text_embeddings, config, prediction_typ
     if config.to_keep[0] > len(text_embeddings): raise ValueError(f"to_keep[0]={config.to_keep[0]} exceeds the {len(text_embeddings)} prompts.")
     if prediction_type not in ('epsilon', 'v_prediction'): raise ValueError(f"prediction_type {prediction_type!r} is not supported.")
 
+def run_concurrently(fn: Callable, items: Sequence, workers: int = 1) -> None:
+    "`fn(item)` for every item, on `workers` threads at once, each with torch's thread count ÷ `workers` and the caller's inference mode [ours]."
+    if workers <= 1 or len(items) <= 1:
+        for item in items: fn(item)
+        return
+    threads, inference = torch.get_num_threads(), torch.is_inference_mode_enabled()
+    def call(item):
+        with torch.inference_mode(inference): fn(item)           # grad and inference mode are per thread
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(max(1, threads // workers),)) as pool:
+            list(pool.map(call, items))                          # re-raises a worker's exception here
+    finally: torch.set_num_threads(threads)                      # a worker's set_num_threads also sets the process default
+
 def _stage_errors(unet, x_t, ts, target, text_embeddings, alive, config, autocast, sharing) -> torch.Tensor:
     "Errors `(N, A, k)` of every image × alive prompt × new timestep; rows run (image, timestep)-major so a batch's copies of one x_t are adjacent."
     N, A, k, device = len(x_t), alive.shape[1], len(ts), text_embeddings.device
@@ -213,14 +232,19 @@ def _stage_errors(unet, x_t, ts, target, text_embeddings, alive, config, autocas
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     group_ids = torch.arange(N * k).repeat_interleave(A)     # on the CPU: (image, timestep) of each row
     errs = torch.empty(len(p_idx), device=device)           # moved to the CPU once per stage (no sync per batch)
-    for start in range(0, len(p_idx), config.batch_size):
-        sl = slice(start, start + config.batch_size)
+    def run(sl: slice):
         ii, ti, pi = i_idx[sl], t_idx[sl], p_idx[sl]
         sharing.groups(group_ids[sl], device)                    # rows of one (image, timestep) share the prefix
         with autocast():
             out = unet(x_t[ii, ti].contiguous(memory_format=memory_format), ts[ti], encoder_hidden_states=text_embeddings[pi]).sample
         errs[sl] = _loss(config.loss, out.float(), target[ii, ti])
-    sharing.groups(None)
+        sharing.groups(None)
+    n, workers = len(p_idx), config.workers or 1
+    size = config.batch_size
+    if workers > 1:                                          # equal calls, a multiple of `workers` of them: none waits alone
+        calls = -(-(-(-n // size)) // workers) * workers
+        size = -(-n // calls)
+    run_concurrently(run, [slice(s, s + size) for s in range(0, len(p_idx), size)], workers)
     return errs.cpu().view(N, k, A).transpose(1, 2)
 
 @torch.inference_mode()
@@ -310,16 +334,16 @@ def busy_cpu_load(device: torch.device, factor: float = 1.5) -> float | None:
 def measure_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
                        dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
                        measure: bool = True, refresh: bool = False) -> dict:
-    "The fastest UNet batch and its memory per sample on this device: `{batch_size, bytes_per_sample, samples_per_s}`, measured once per (device, threads, UNet config, shapes) and cached on disk; a measurement taken on a busy CPU (`busy_cpu_load`) is used for this process only and measured again next time."
+    "The fastest UNet batch, its memory per sample and (CPU) how many calls to run at once: `{batch_size, bytes_per_sample, samples_per_s, workers}`, measured once per (device, threads, UNet config, shapes) and cached on disk; a measurement taken on a busy CPU (`busy_cpu_load`) is used for this process only and measured again next time."
     dev = torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
-    key = stable_hash(dict(v=4, device=dev, threads=torch.get_num_threads(), unet=getattr(unet, 'config', type(unet).__name__),
+    key = stable_hash(dict(v=5, device=dev, threads=torch.get_num_threads(), unet=getattr(unet, 'config', type(unet).__name__),
                            latent=list(latent_shape), text=list(text_shape), dtype=str(dtype)))
     path = cache_dir('classifier-batch') / f'{key}.json'
     if key in _BATCH_MEMO and not refresh: return _BATCH_MEMO[key]
     if not refresh:
         with contextlib.suppress(Exception):
             r = load_json(path); _BATCH_MEMO[key] = dict(r, batch_size=int(r['batch_size'])); return _BATCH_MEMO[key]
-    if not measure: return dict(batch_size=_DEFAULT_BATCH, bytes_per_sample=None, samples_per_s={})
+    if not measure: return dict(batch_size=_DEFAULT_BATCH, bytes_per_sample=None, samples_per_s={}, workers=1)
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     budget = MEMORY_FRACTION * free_memory(device)
     calls, rates, per_sample = {}, {}, 0.0
@@ -340,8 +364,9 @@ def measure_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[i
     best, best_rate = _DEFAULT_BATCH, 0.0
     for b, rate in rates.items():
         if rate > best_rate * 1.03: best, best_rate = b, rate     # a bigger batch must be clearly faster
+    workers, worker_rates = _measure_workers(calls.get(best), best, per_sample, budget, best_rate) if device.type == 'cpu' else (1, {})
     r = dict(batch_size=best, bytes_per_sample=per_sample, samples_per_s={str(k): v for k, v in rates.items()}, device=dev,
-             threads=torch.get_num_threads())
+             threads=torch.get_num_threads(), workers=workers, workers_samples_per_s=worker_rates)
     busy = busy_cpu_load(device)
     if busy is None: atomic_save_json(r, path)
     else:
@@ -351,13 +376,32 @@ def measure_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[i
     _BATCH_MEMO[key] = r
     return r
 
+def _measure_workers(call: Callable | None, batch: int, per_sample: float, budget: float, one_rate: float) -> tuple[int, dict]:
+    "[ours] How many concurrent calls of `batch` samples a CPU runs fastest (each on threads ÷ workers), against `one_rate` samples/s for one call; `(1, {})` when there is nothing to choose."
+    threads = torch.get_num_threads()
+    # On a CPU one small UNet call keeps two threads busy poorly: seen on this 2-core machine, two calls at once on one thread
+    # each ran 1.3-1.4x the samples/s of one call on two threads (tiny UNet 202 vs 154, miniworld base 284 vs 208).
+    counts = [w for w in range(2, threads + 1) if threads % w == 0 and 2 * w * batch * per_sample <= budget]
+    if call is None or not counts: return 1, {}
+    best, best_rate, rates = 1, one_rate, {'1': one_rate}
+    for w in counts:
+        go = lambda: run_concurrently(lambda _: call(), range(w), w)
+        rates[str(w)] = w * batch / min(_time_call(go, 2), _time_call(go, 1, warm_up=False))   # the faster of two looks
+        if rates[str(w)] > best_rate * 1.03: best, best_rate = w, rates[str(w)]                # more calls must be clearly faster
+    return best, rates
+
 def auto_batch_size(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
                     dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, max_call_s: float = 2.0,
                     measure: bool = True, refresh: bool = False) -> int:
-    "The UNet batch size for `classify`: the fastest measured (`measure_batch_size`), capped by what the device's free memory holds now; 32 if unmeasured."
+    "The UNet batch size for `classify`: the fastest measured (`measure_batch_size`), capped by what the device's free memory holds now for its concurrent calls; 32 if unmeasured."
     r = measure_batch_size(unet, latent_shape, text_shape, device, dtype, autocast, max_call_s, measure, refresh)
     if not r.get('bytes_per_sample'): return r['batch_size']
-    return min(r['batch_size'], memory_cap(r['bytes_per_sample'], free_memory(device)))
+    return min(r['batch_size'], max(1, memory_cap(r['bytes_per_sample'], free_memory(device)) // r.get('workers', 1)))
+
+def auto_workers(unet, latent_shape: Sequence[int], text_shape: Sequence[int], device: torch.device,
+                 dtype: torch.dtype = torch.float32, autocast: Callable = contextlib.nullcontext, measure: bool = True) -> int:
+    "How many UNet calls `classify` runs at once: the measured best on a CPU (`measure_batch_size`), 1 on a GPU or when unmeasured."
+    return int(measure_batch_size(unet, latent_shape, text_shape, device, dtype, autocast, measure=measure).get('workers', 1))
 
 # %% ../nbs/03_classifier.ipynb #241bab3c
 def preprocess_image(image, resolution: int, interpolation: str = 'bicubic') -> torch.Tensor:
@@ -475,14 +519,14 @@ def _read_cached(path: Path, image_id: int, label: int) -> ImageResult | None:
         return None
     return r
 
-def _resolve_batch_size(config: ClassifierConfig, components: Components, device, dtype, resolution: int, text_shape) -> ClassifierConfig:
-    "`config` with `batch_size` set: the given one, else `auto_batch_size` for this device, model and latent size (memory-capped)."
-    if config.batch_size is not None: return config
+def _resolve_speed(config: ClassifierConfig, components: Components, device, dtype, resolution: int, text_shape) -> ClassifierConfig:
+    "`config` with `batch_size` and `workers` set: the given ones, else measured for this device, model and latent size (`auto_batch_size`, memory-capped; `auto_workers`, from an earlier measurement only when `batch_size` is given)."
     unet = components.unet
-    if not hasattr(unet, 'config'): return replace(config, batch_size=_DEFAULT_BATCH)
+    if not hasattr(unet, 'config'): return replace(config, batch_size=config.batch_size or _DEFAULT_BATCH, workers=config.workers or 1)
     side = resolution // components.vae_downsample
-    latent = (unet.config.in_channels, side, side)
-    return replace(config, batch_size=auto_batch_size(unet, latent, tuple(text_shape), device, dtype, _autocast(device, dtype)))
+    args = (unet, (unet.config.in_channels, side, side), tuple(text_shape), device, dtype, _autocast(device, dtype))
+    return replace(config, batch_size=config.batch_size or auto_batch_size(*args),
+                   workers=config.workers or auto_workers(*args, measure=config.batch_size is None))
 
 _REPORTED: set[str] = set()
 
@@ -540,8 +584,8 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
             z0, held = peak_memory(encode, components.vae.device)
             vae_cap = memory_cap(held / len(images), free_memory(components.vae.device))
             group = image_group_size(run_config, len(prompts), len(acp), max_images=vae_cap)
-            _report_once(f"classify on {device}: {run_config.batch_size} UNet samples per call, {group} images per group "
-                         f"(VAE {format_bytes(held / len(images))} per image at {resolution} px; set batch_size / images_per_batch to choose)")
+            _report_once(f"classify on {device}: {run_config.batch_size} UNet samples per call, {run_config.workers} call(s) at once, {group} images per group "
+                         f"(VAE {format_bytes(held / len(images))} per image at {resolution} px; set batch_size / workers / images_per_batch to choose)")
         else: z0 = encode()
         noises = torch.stack([paired_noise(seed, image_id, max(config.n_samples), z0.shape[1:]) for _, image_id, _ in pending])
         with _memory_format(components.unet, config.channels_last):
@@ -557,7 +601,7 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
         nonlocal text_embeddings, run_config, unet, group
         if text_embeddings is not None: return
         text_embeddings = encode_prompts(components, prompts.prompt.tolist()).to(device)
-        run_config = _resolve_batch_size(config, components, device, dtype, resolution, text_embeddings.shape[1:])
+        run_config = _resolve_speed(config, components, device, dtype, resolution, text_embeddings.shape[1:])
         unet = _maybe_compile(components.unet, config.compile)
         group = config.images_per_batch or 1       # the first group; `run_pending` sizes the rest from its VAE peak
 
