@@ -4,6 +4,7 @@ spanning weak to strong drift, each measured by the `customize` and `global_drif
 
     .venv/bin/python tools/run_lab.py                       # every configuration below, resumable
     .venv/bin/python tools/run_lab.py --only recipe --seeds 0,1
+    .venv/bin/python tools/run_lab.py --only recipe --seeds 1 --variants plain   # one variant of a configuration
     .venv/bin/python tools/run_lab.py --only lora --drift-map   # also the drift map's functional drift (needs the weights)
     .venv/bin/python tools/run_lab.py --only lora --concepts crescent_emblem   # one concept (others already published)
 
@@ -105,7 +106,7 @@ DRIFT_MAP_PARAMS = dict(vocabulary='miniworld', n_samples=4, top_k=2)   # all 1,
 
 
 def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_map: bool = False,
-               concepts: list[str] | None = None) -> None:
+               concepts: list[str] | None = None, variants: list[str] | None = None) -> None:
     from open_forgetting.results import publish_run
     from open_forgetting.validity import lab_root
     results = cfg.get('publish_to') or lab_root()   # a configuration may be published apart from the validity set
@@ -113,7 +114,7 @@ def run_config(name: str, cfg: dict, runs: Path, seeds: list[int] | None, drift_
         run_dir = runs / name / f'seed-{seed}'
         sets = {**cfg['set'], 'training.settings.seed': seed}
         base = [sys.executable, '-m', 'open_forgetting.cli', 'run', '--study', str(STUDY), '--run-dir', str(run_dir),
-                '--concepts', ','.join(concepts or CONCEPTS), '--methods', ','.join(cfg['methods']), '--variants', ','.join(cfg['variants']),
+                '--concepts', ','.join(concepts or CONCEPTS), '--methods', ','.join(cfg['methods']), '--variants', ','.join(variants or cfg['variants']),
                 *[a for k, v in sets.items() for a in ('--set', f'{k}={v}')]]
         # the drift map (00_method §7) over every caption of the world is a run of its own: its parameters are its own
         passes = [('', ['--experiments', 'customize,global_drift'])]
@@ -134,6 +135,7 @@ def main(argv=None):
     p.add_argument('--drift-map', action='store_true', help='also run the drift_map experiment (functional drift over the world) and '
                    'publish only it (the configuration run and published before, its weights still in --runs)')
     p.add_argument('--concepts', default=None, help=f'comma-separated concepts (default: all of {CONCEPTS})')
+    p.add_argument('--variants', default=None, help="comma-separated variants (default: each configuration's)")
     p.add_argument('--runs', default=os.environ.get('OPEN_FORGETTING_LAB_RUNS', '/tmp/lab'), help='folder of the run folders')
     a = p.parse_args(argv)
     names = a.only.split(',') if a.only else list(CONFIGS)
@@ -141,7 +143,10 @@ def main(argv=None):
     seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
     concepts = a.concepts.split(',') if a.concepts else None
     if bad := [c for c in concepts or [] if c not in CONCEPTS]: raise SystemExit(f'unknown concept(s) {bad}; choose from {CONCEPTS}')
-    for n in names: run_config(n, CONFIGS[n], Path(a.runs), seeds, a.drift_map, concepts)
+    variants = a.variants.split(',') if a.variants else None
+    if bad := [v for v in variants or [] if not all(v in CONFIGS[n]['variants'] for n in names)]:
+        raise SystemExit(f"variant(s) {bad} are not run by every chosen configuration ({ {n: CONFIGS[n]['variants'] for n in names} })")
+    for n in names: run_config(n, CONFIGS[n], Path(a.runs), seeds, a.drift_map, concepts, variants)
 
 
 if __name__ == '__main__':
