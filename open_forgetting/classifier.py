@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_classifier.ipynb #8b69e330
 from __future__ import annotations
-import contextlib, hashlib, os, threading, time, warnings
+import contextlib, hashlib, math, os, threading, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
@@ -239,12 +239,11 @@ def _stage_errors(unet, x_t, ts, target, text_embeddings, alive, config, autocas
             out = unet(x_t[ii, ti].contiguous(memory_format=memory_format), ts[ti], encoder_hidden_states=text_embeddings[pi]).sample
         errs[sl] = _loss(config.loss, out.float(), target[ii, ti])
         sharing.groups(None)
-    n, workers = len(p_idx), config.workers or 1
-    size = config.batch_size
+    n, workers, size = len(p_idx), config.workers or 1, config.batch_size
     if workers > 1:                                          # equal calls, a multiple of `workers` of them: none waits alone
-        calls = -(-(-(-n // size)) // workers) * workers
-        size = -(-n // calls)
-    run_concurrently(run, [slice(s, s + size) for s in range(0, len(p_idx), size)], workers)
+        n_calls = math.ceil(math.ceil(n / size) / workers) * workers
+        size = math.ceil(n / n_calls)
+    run_concurrently(run, [slice(s, s + size) for s in range(0, n, size)], workers)
     return errs.cpu().view(N, k, A).transpose(1, 2)
 
 @torch.inference_mode()
