@@ -29,12 +29,13 @@ NB_SKIP := ^([_.]|report\.ipynb$$)
 
 test: venv check-sync  ## the fast test suite: notebook tests + pytest (one thread per worker: 2 workers on 2 cores)
 	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers $(NPROC) --do_print --timing --skip_file_re '$(NB_SKIP)'
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) -q --durations=15 tests
+	# worksteal: an idle worker takes tests queued for the other (with the default `load` one worker sat idle for half the run)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) --dist worksteal -q --durations=15 tests
 
 # tests/test_rehearsal.py (full-size Stable Diffusion, 30-60 min, 20 GB) is not part of it: run it by name.
 test-slow: venv  ## the opt-in slow tests: pytest's `slow` marker and the report notebook's own smoke run
 	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers 1 --do_print --timing --path nbs/experiments/report.ipynb
-	OPEN_FORGETTING_SLOW=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) -q -m slow --ignore tests/test_rehearsal.py tests
+	OPEN_FORGETTING_SLOW=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) --dist worksteal -q -m slow --ignore tests/test_rehearsal.py tests
 
 demo: venv  ## the main job: the full study on the embedded miniature world
 	$(VENV)/bin/open-forgetting demo

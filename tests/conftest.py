@@ -26,8 +26,8 @@ socket.socket.connect = _guarded_connect
 # skipped unless OPEN_FORGETTING_SLOW=1, so `make test` stays fast; `make test-slow` runs them.
 SLOW = os.environ.get('OPEN_FORGETTING_SLOW') == '1'
 
-# The longest tests (each starts notebook kernels or a CLI process) go first: pytest-xdist deals the first quarter of the
-# list round-robin to its workers, so they start at once on both workers instead of ending the run on one of them.
+# The longest tests (each starts notebook kernels or a CLI process) go first, so that they do not end the run on one
+# worker; `make test` runs xdist's `worksteal` scheduler, whose idle worker takes tests still queued for the other.
 FIRST = ('test_study_e2e.py', 'test_notebook_parameters.py', 'test_audit.py', 'test_runner.py')
 
 def pytest_collection_modifyitems(config, items):
