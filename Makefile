@@ -27,9 +27,10 @@ check-sync: venv  ## fail when notebooks and library are out of sync, or noteboo
 # on the run the CLI wrote and checks its numbers, so the fast suite does not run it a second time here.
 NB_SKIP := ^([_.]|report\.ipynb$$)
 
+# pytest's worksteal scheduler: an idle worker takes tests queued for the other (with the default `load` one worker
+# sat idle for half the run).
 test: venv check-sync  ## the fast test suite: notebook tests + pytest (one thread per worker: 2 workers on 2 cores)
 	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers $(NPROC) --do_print --timing --skip_file_re '$(NB_SKIP)'
-	# worksteal: an idle worker takes tests queued for the other (with the default `load` one worker sat idle for half the run)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(NPROC) --dist worksteal -q --durations=15 tests
 
 # tests/test_rehearsal.py (full-size Stable Diffusion, 30-60 min, 20 GB) is not part of it: run it by name.
