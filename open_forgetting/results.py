@@ -298,6 +298,8 @@ def rekey_published(study, dest: str | Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=['seed', 'concept', 'method', 'variant', 'experiment', 'action'])
 
 # %% ../nbs/19_results.ipynb #37543554
+_IDENTITY = ('concept', 'training_seed', 'cell_method', 'cell_variant')   # who a published row is from
+
 def _read_tables(files: list[dict]) -> pd.DataFrame:
     """The published files of one table (dicts of path, header, body, rows, identity) as one frame, in their order [ours].
 
@@ -310,12 +312,12 @@ def _read_tables(files: list[dict]) -> pd.DataFrame:
         while j < len(files) and files[j]['header'] == files[i]['header']: j += 1
         run, i = files[i:j], j
         if not run[0]['header']:                                      # a table with no columns at all
-            frames += [pd.DataFrame({k: [f[k]] for k in ('concept', 'training_seed', 'cell_method', 'cell_variant')}).iloc[:0] for f in run]
+            frames += [pd.DataFrame({k: [f[k]] for k in _IDENTITY}).iloc[:0] for f in run]   # typed like the identity
             continue
         df, n = pd.read_csv(io.StringIO(run[0]['header'] + ''.join(f['body'] for f in run))), [f['rows'] for f in run]
         if len(df) != sum(n): raise DamagedFileError(f"{run[0]['path']} and the {len(run) - 1} files after it read as {len(df)} rows, "
                                                      f"but hold {sum(n)}: check them with pandas.read_csv one by one.")
-        ids = {k: np.repeat([f[k] for f in run], n) for k in ('concept', 'training_seed', 'cell_method', 'cell_variant')}
+        ids = {k: np.repeat([f[k] for f in run], n) for k in _IDENTITY}
         if 'concept' in df:
             if (bad := np.flatnonzero(df.concept.astype(str).to_numpy() != ids['concept'])).size:
                 f = run[np.searchsorted(np.cumsum(n), bad[0], side='right')]
