@@ -30,13 +30,13 @@ __all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES
            'dreambench_subjects', 'dreambench_prompts', 'instance_image_files', 'load_concept', 'load_instance_images',
            'TrainConfig', 'CustomizationMethod', 'register_method', 'get_method', 'IdentifierRows', 'DreamBooth',
            'TokenRowsEmbedding', 'ExtendedTokenEmbedding', 'add_tokens', 'CustomDiffusion', 'LoRA', 'variant_config',
-           'class_images', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError', 'save_rank_rng',
-           'load_rank_rng', 'build_student', 'concept_identity', 'run_identity', 'identity_diff', 'activation_estimate',
-           'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype', 'weights_on_disk',
-           'offload_choice', 'place_student', 'memory_plan', 'TrainingData', 'shard_rows', 'training_data',
-           'frozen_teacher', 'teacher_pool_recipe', 'cached_teacher_pool', 'make_optimizer', 'checkpoint_dirs',
-           'checkpoint_intact', 'resume_point', 'check_checkpointable', 'register_trainable_state', 'seal_checkpoint',
-           'checkpoint_meta', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
+           'class_images', 'instance_latents', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
+           'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity', 'run_identity', 'identity_diff',
+           'activation_estimate', 'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype',
+           'weights_on_disk', 'offload_choice', 'place_student', 'memory_plan', 'TrainingData', 'shard_rows',
+           'training_data', 'frozen_teacher', 'teacher_pool_recipe', 'cached_teacher_pool', 'make_optimizer',
+           'checkpoint_dirs', 'checkpoint_intact', 'resume_point', 'check_checkpointable', 'register_trainable_state',
+           'seal_checkpoint', 'checkpoint_meta', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -652,6 +652,22 @@ def class_images(base: Components, class_prompt: str, n: int, seed: int = 0, ste
                           fingerprint=fingerprint, sha256=sha), meta_path)
     return data
 
+def instance_latents(base: Components, images: Tensor, fingerprint: str | None = None) -> dict[str, Tensor]:
+    "VAE latents (posterior mean) of the instance `images` in [-1, 1] and of their mirror images, cached by base model and pixel content, verified on read: {'latents', 'latents_flipped'}."
+    # every method and variant of a concept encodes the same images: at 512 px on a 2-core CPU that is ~8 s per image
+    # (84 of a full-size DreamBooth run's 240 s), so they are encoded once; the key holds the pixels themselves, so any
+    # change of files, resolution or crop is a new entry, and the VAE's device (its rounding differs between devices)
+    fingerprint = fingerprint or base.fingerprint()
+    pixels = hashlib.sha256(images.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+    key = stable_hash(dict(fp=fingerprint, pixels=pixels, shape=list(images.shape), device=base.vae.device.type))
+    folder = cache_dir('instance_latents', key); path, meta_path = folder / 'latents.safetensors', folder / 'meta.json'
+    cached = _read_verified(path, _read_meta(meta_path).get('sha256'))
+    if cached is not None: return cached
+    data = {k: check_finite(encode_images(base, x).float().cpu().contiguous(), f'base model {base.source}', 'the instance latents')
+            for k, x in (('latents', images), ('latents_flipped', images.flip(-1)))}
+    atomic_save_json(dict(fingerprint=fingerprint, pixels=pixels, shape=list(images.shape), sha256=_write_verified(path, data)), meta_path)
+    return data
+
 def replay_latents(base: Components, prompts: Sequence[str], n: int, seed: int = 0, steps: int = 50, guidance: float = 7.5,
                    fingerprint: str | None = None, resolution: int | None = None) -> tuple[Tensor, Tensor]:
     "DC's replay set [ours, 00_method §3]: latents the base model samples at `resolution` for generic prompts i % len(prompts), i < n, with seed+i; cached and verified on read. Returns (latents, prompt indices)."
@@ -971,7 +987,8 @@ def training_data(base: Components, concept: ConceptSpec, config: TrainConfig, c
     c, fingerprint = config, fingerprint or base.fingerprint()
     first = accelerator.main_process_first if accelerator is not None else contextlib.nullcontext
     images = load_instance_images(instance_image_files(concept.instance_dir), resolution)
-    data = TrainingData(c, encode_images(base, images).float().to(device), encode_images(base, images.flip(-1)).float().to(device))
+    with first(): inst = instance_latents(base, images, fingerprint)
+    data = TrainingData(c, inst['latents'].to(device), inst['latents_flipped'].to(device))
     if c.needs_class_images:
         with first():
             d = class_images(base, class_prompt, c.num_class_images, c.class_seed, c.class_sampling_steps, c.class_guidance_scale,

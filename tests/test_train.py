@@ -119,6 +119,17 @@ def test_class_images_are_shared(small, concept, prompt_file, tmp_path, monkeypa
     for m in METHODS3: Trainer(small, concept, cfg(m, 'dc', prompt_file=prompt_file), tmp_path / m)
 
 
+def test_instance_latents_are_encoded_once_and_change_nothing(small, concept, prompt_file, tmp_path, monkeypatch):
+    # the first run of a fresh home encodes the instance images; a second method's run reads them and encodes nothing,
+    # and a run trained from the cache is the run trained without it (the same bytes)
+    monkeypatch.setenv('OPEN_FORGETTING_HOME', str(tmp_path / 'home'))
+    first = customize(small, concept, cfg('lora', 'plain', prompt_file=prompt_file), out_dir=tmp_path / 'a')
+    customize(small, concept, cfg('dreambooth', 'plain', prompt_file=prompt_file), out_dir=tmp_path / 'b')
+    monkeypatch.setattr(T, 'encode_images', lambda *a, **k: pytest.fail('instance images were encoded again'))
+    again = customize(small, concept, cfg('lora', 'plain', prompt_file=prompt_file), out_dir=tmp_path / 'c')
+    assert (again / T.TRAINED_FILE).read_bytes() == (first / T.TRAINED_FILE).read_bytes()
+
+
 # ---- resume, reload, base mismatch
 class _Stop(Exception): pass
 
