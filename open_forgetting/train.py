@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .core import (get_device, get_dtype, home_dir, cache_dir, data_path, atomic_write, atomic_save_json,
                                   load_json, stable_hash, model_fingerprint, torch_generator, file_sha256, quarantine, check_finite,
                                   NonFiniteError, DamagedFileError, free_memory)
-from .models import Components, tokenize, encode_prompts, encode_images, sampling_scheduler, to_pipeline
+from .models import Components, tokenize, encode_prompts, encode_images, decode_latents, sampling_scheduler, to_pipeline
 from .losses import (training_target, loss_terms, total_loss,
                                     regularization_prompts, load_generic_prompts, noised_regularization_latents,
                                     teacher_prediction, TeacherPool, teacher_pool, REG_PROMPT_SOURCES, REG_LATENT_SOURCES)
@@ -595,17 +595,21 @@ def variant_config(method: str = 'dreambooth', variant: str = 'plain', **overrid
 # %% ../nbs/05_train.ipynb #8034fee8
 def _sample(base: Components, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float,
             output_type: str, batch_size: int = 8, resolution: int | None = None) -> Tensor:
-    "DDIM samples of `prompts` (seed per prompt) at `resolution` (None: the model's native one); `base` is not modified."
+    """DDIM samples of `prompts` (seed per prompt) at `resolution` (None: the model's native one): latents
+    (`output_type='latent'`) or images in [0, 1] (`'pt'`); `base` is not modified."""
     from diffusers import DDIMScheduler
+    if output_type not in ('latent', 'pt'): raise ValueError(f"output_type={output_type!r}: use 'latent' or 'pt'.")
     pipe = to_pipeline(base)                                     # a private scheduler copy: `base` stays as it is
     pipe.scheduler = sampling_scheduler(base.scheduler, DDIMScheduler)   # diffusers' repairs of outdated configs, as `generate` applies them
     pipe.set_progress_bar_config(disable=True)
     res, out = resolution or base.resolution, []
     for i in range(0, len(prompts), batch_size):
         gens = [torch_generator(s) for s in seeds[i:i + batch_size]]
-        r = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                 height=res, width=res, output_type=output_type)
-        out.append(r.images.float().cpu())
+        z = pipe(list(prompts[i:i + batch_size]), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                 height=res, width=res, output_type='latent').images
+        # decoded here, not by the pipeline: its decode feeds the VAE latents in the text encoder's dtype, which fails
+        # when the VAE is kept in fp32 beside a bf16 UNet (load_pretrained's default on a GPU); the pipeline's 'pt' is x / 2 + 0.5
+        out.append((z if output_type == 'latent' else decode_latents(base, z) / 2 + 0.5).float().cpu())
     return torch.cat(out)
 
 def _write_verified(path: Path, tensors: dict[str, Tensor], metadata: dict | None = None) -> str:

@@ -352,3 +352,19 @@ def test_a_tracker_that_is_not_installed_is_named_and_skipped(small, concept, pr
     with pytest.warns(UserWarning, match=r"\['tensorboard'\] not installed"):
         tr = Trainer(small, concept, cfg('lora', 'plain', prompt_file, log_with=('tensorboard',)), tmp_path)
     assert tr.accelerator.trackers == [] and tr.train_step()['step'] == 1
+
+
+def test_samples_decode_with_a_vae_in_another_dtype():
+    "Class images sample when the VAE's dtype is not the UNet's (load_pretrained keeps it fp32 beside a bf16 model on a GPU: the first GPU run failed there); with one dtype they equal diffusers' own decode."
+    from diffusers import DDIMScheduler
+    from open_forgetting.models import sampling_scheduler, to_pipeline
+    base, prompts, seeds = tiny_components(seed=0), ['a photo of a dog', 'a dog'], [0, 1]
+    ours = T._sample(base, prompts, seeds, 2, 3.0, 'pt')
+    pipe = to_pipeline(base); pipe.scheduler = sampling_scheduler(base.scheduler, DDIMScheduler)   # the pipeline decodes itself
+    theirs = pipe(prompts, num_inference_steps=2, guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                  height=base.resolution, width=base.resolution, output_type='pt').images
+    assert torch.equal(ours, theirs.float())
+    base.vae.to(torch.float64)                  # a wider VAE on CPU stands in for fp32 beside bf16 on a GPU
+    wide = T._sample(base, prompts, seeds, 2, 3.0, 'pt')
+    assert wide.dtype == torch.float32 and torch.allclose(wide, ours, atol=1e-5) and not torch.equal(wide, ours)
+    with pytest.raises(ValueError, match="output_type='pil'"): T._sample(base, prompts, seeds, 2, 3.0, 'pil')
