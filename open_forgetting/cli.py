@@ -79,7 +79,7 @@ def plan_command(args) -> int:
     "Print the study's grid, UNet evaluations per stage, disk and estimated time; runs nothing."
     from open_forgetting.study import plan, format_plan
     study = study_from_args(args) if not args.no_path_check else _study_without_paths(args)
-    print(format_plan(study, plan(study, device=args.device)))
+    print(format_plan(study, plan(study, device=args.device, gpu=args.gpu)))
     return 0
 
 def _study_without_paths(args):
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser('plan', help="print the study's grid, UNet evaluations, disk and estimated time (runs nothing)")
     _study_args(plan)
     plan.add_argument('--device', default=None, choices=['cpu', 'cuda'], help='estimate for this device (default: this machine)')
+    plan.add_argument('--gpu', default=None, help="with --device cuda: the GPU's name as torch names it, e.g. 'NVIDIA H200' "
+                      "(default: this machine's; a GPU without a measured figure gets the reference's published A100 figure)")
     plan.add_argument('--no-path-check', action='store_true', help="plan a study whose folders are not on this machine")
     status = sub.add_parser('status', help='done / running / failed / pending jobs of a run folder')
     status.add_argument('run_dir', help='the --run-dir of `open-forgetting run`')

@@ -29,8 +29,8 @@ __all__ = ['AllOrCount', 'VARIANTS', 'ModelSection', 'DatasetEntry', 'Classifica
            'classifier_config', 'study_concept', 'generic_appearance_prompts', 'related_appearance_prompts',
            'ensure_customized', 'load_study_model', 'default_run_dir', 'paired_generations', 'classify_over_seeds',
            'concept_fidelity', 'save_table', 'SemanticDrift', 'drift_tables', 'semantic_drift', 'table1_text',
-           'cell_models', 'AppearanceDrift', 'appearance_drift', 'throughput_table', 'plan_stages', 'plan',
-           'format_plan', 'collect_results', 'demo_checks']
+           'cell_models', 'AppearanceDrift', 'appearance_drift', 'throughput_table', 'plan_stages', 'throughput_row',
+           'plan', 'format_plan', 'collect_results', 'demo_checks']
 
 # %% ../nbs/14_study.ipynb #a510fca7
 class _Section(BaseModel):
@@ -549,20 +549,30 @@ def plan_stages(study: Study, experiments: Sequence[str] = ('global_drift', 'loc
     rows.append(dict(stage='generation: fidelity', cells=len(cells), images=imgs, evaluations=_gen_evals(imgs, g)))
     return pd.DataFrame(rows)
 
-def plan(study: Study, device: str | None = None, **kw) -> pd.DataFrame:
-    "`plan_stages` with estimated hours on `device` (a row of `throughput_table`; default: this machine's) and disk."
-    table, unet = throughput_table(), study.world.unet_size(study)
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+def throughput_row(unet: str, device: str, gpu: str | None = None) -> pd.Series:
+    "The `throughput_table` row of `unet` on `device`: for 'cuda' the row of `gpu` (default: this machine's GPU) if measured, else the first."
+    table = throughput_table()
     rows = table[(table.unet == unet) & (table.device == device)]
     if not len(rows): raise ValueError(f"no throughput figure for unet={unet!r} on device={device!r}; known: {table[['unet', 'device']].values.tolist()}.")
-    row = rows.iloc[0]
+    if device == 'cuda':
+        gpu = gpu or (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+        mine = rows[rows.gpu == gpu] if gpu and 'gpu' in rows else rows.iloc[:0]
+        if len(mine): return mine.iloc[0]
+    return rows.iloc[0]
+
+def plan(study: Study, device: str | None = None, gpu: str | None = None, **kw) -> pd.DataFrame:
+    "`plan_stages` with estimated hours on `device` (default: this machine's; for 'cuda' the `throughput_row` of `gpu`) and disk."
+    unet = study.world.unet_size(study)
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    row = throughput_row(unet, device, gpu)
     px = study.world.resolution(study) ** 2 / row.resolution ** 2
     out = plan_stages(study, **kw)
     out['hours'] = out.evaluations * px / row.evals_per_s / 3600
     generated = ~out.stage.str.startswith('classification')
     out['disk_mb'] = (out.images * study.world.resolution(study) ** 2 * 3 * 0.5 / 1e6).where(generated,   # PNGs compress RGB about 2x
                                                                                              out.images * out.cells * 2e-3)  # ~2 KB per cached image result
-    out.attrs['throughput'] = f"{row.evals_per_s:g} UNet evaluations/s ({unet}, {device}, {row.resolution} px): {row.source}"
+    where = f"{device}, {row.gpu}" if device == 'cuda' and isinstance(row.get('gpu'), str) else device
+    out.attrs['throughput'] = f"{row.evals_per_s:g} UNet evaluations/s ({unet}, {where}, {row.resolution} px): {row.source}"
     return out
 
 def format_plan(study: Study, table: pd.DataFrame) -> str:
