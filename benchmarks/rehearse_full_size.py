@@ -121,7 +121,7 @@ def write_study(args, root: Path, base: Path, encoder: str, dino: str) -> Path:
     train = dict(max_steps=args.steps, num_class_images=1, class_sampling_steps=2, resolution=args.train_resolution or res,
                  checkpoint_every=0, progress=False, dc_teacher_pool=4)   # memory settings: the package's defaults (printed per run)
     study = load_study(args.arch, {
-        'name': f'rehearsal-{args.arch}', 'model.base': str(base), 'model.dtype': 'fp32',
+        'name': f'rehearsal-{args.arch}', 'model.base': str(base), 'model.dtype': args.dtype,   # None: the study's default
         'classification.root': str(root / 'datasets'), 'classification.verify_checksums': False, 'classification.seeds': [0],
         # STL-10 only: one image per class is 100 UNet samples per model at one timestep; Pets' 37 classes would be
         # 1,369 (its files are written and read by the world's test, not classified here)
@@ -218,6 +218,8 @@ def main(argv=None):
     p.add_argument('--train-resolution', type=int, default=None, help='default: the architecture native resolution')
     p.add_argument('--classifier-resolution', type=int, default=256)
     p.add_argument('--generation-resolution', type=int, default=256)
+    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None,
+                   help="the base model's dtype (default: the study's, fp32 on a CPU and bf16 on a GPU, what a user gets)")
     args = p.parse_args(argv)
     import torch
     print(f"rehearsal {args.arch}: torch threads {torch.get_num_threads()}, load average {os.getloadavg()}, "

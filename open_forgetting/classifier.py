@@ -47,7 +47,7 @@ class ClassifierConfig:
     images_per_batch: int | None = None        # images classified together (their samples share UNet calls); None: `image_group_size`
     resolution: int | None = None              # image size fed to the VAE; None: the model's native resolution
     interpolation: str = 'bicubic'             # resize of the short side before the centre crop
-    dtype: str | None = None                   # compute dtype of the UNet: None = fp32 on CPU, bf16/fp16 autocast on GPU
+    dtype: str | None = None                   # compute dtype of the UNet: None = the UNet's own on CPU (fp32 unless loaded otherwise), bf16/fp16 autocast on GPU
     device: str | None = None                  # None: where the UNet is
     compile: bool = False                      # torch.compile the UNet (eager with a warning when compiling fails)
     share_prefix: bool = True                  # run the UNet's prompt-independent first layers once per (image, timestep) [ours]
@@ -556,7 +556,7 @@ def classify(components: Components, dataset, prompts: pd.DataFrame | str | None
         if config.device is None and state.device.type != 'cpu': components.to(state.device)
     device = torch.device(config.device) if config.device else components.unet.device
     if device != components.unet.device: components.unet.to(device); components.text_encoder.to(device); components.vae.to(device)
-    dtype = torch.float32 if device.type == 'cpu' and config.dtype is None else get_dtype(device, config.dtype)
+    dtype = get_dtype(device, config.dtype or (components.unet.dtype if device.type == 'cpu' else None))   # CPU: the UNet's own (fp32, or bf16 if loaded so)
     resolution = config.resolution or components.resolution
     prediction_type = components.prediction_type
     who = f"{model_name or 'model'} ({components.source})"

@@ -33,10 +33,11 @@ __all__ = ['IMAGE_EXTENSIONS', 'TRAIN_CONFIG_GROUPS', 'METHODS', 'PLUGIN_MODULES
            'class_images', 'instance_latents', 'replay_latents', 'NonFiniteLossError', 'BaseModelMismatchError',
            'save_rank_rng', 'load_rank_rng', 'build_student', 'concept_identity', 'run_identity', 'identity_diff',
            'activation_estimate', 'step_memory_estimate', 'needs_gradient_checkpointing', 'teacher_copy_dtype',
-           'weights_on_disk', 'offload_choice', 'place_student', 'memory_plan', 'TrainingData', 'shard_rows',
-           'training_data', 'frozen_teacher', 'teacher_pool_recipe', 'cached_teacher_pool', 'make_optimizer',
-           'checkpoint_dirs', 'checkpoint_intact', 'resume_point', 'check_checkpointable', 'register_trainable_state',
-           'seal_checkpoint', 'checkpoint_meta', 'Trainer', 'default_run_dir', 'customize', 'load_customized']
+           'weights_on_disk', 'offload_choice', 'precision_for_base', 'place_student', 'memory_plan', 'TrainingData',
+           'shard_rows', 'training_data', 'frozen_teacher', 'teacher_pool_recipe', 'cached_teacher_pool',
+           'make_optimizer', 'checkpoint_dirs', 'checkpoint_intact', 'resume_point', 'check_checkpointable',
+           'register_trainable_state', 'seal_checkpoint', 'checkpoint_meta', 'Trainer', 'default_run_dir', 'customize',
+           'load_customized']
 
 # %% ../nbs/05_train.ipynb #36281891
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -859,6 +860,18 @@ def offload_choice(setting: bool | None, copies_every_weight: bool, live_teacher
 def _gib(n: float) -> str: return f'{n / 2**30:.1f} GiB'
 
 # %% ../nbs/05_train.ipynb #49aebedc
+def precision_for_base(config: TrainConfig, base: Components) -> TrainConfig:
+    """[ours] `config` with `mixed_precision` resolved when it is None: the launcher's (`accelerate launch
+    --mixed_precision`), else the base UNet's reduced precision (a bf16 or fp16 base, `load_components`' default on a
+    GPU, trains under that autocast with its trained parameters in fp32), else 'no'. Without it the frozen bf16 parts
+    fed bf16 tensors to the fp32 trained ones and every step failed ("expected m1 and m2 to have the same dtype")."""
+    if config.mixed_precision is not None: return config
+    mp = os.environ.get('ACCELERATE_MIXED_PRECISION') or {torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(base.unet.dtype, 'no')
+    if mp == 'fp16' and base.unet.device.type == 'cpu':
+        raise ValueError(f"The base model {base.source!r} is fp16 on a CPU, where fp16 training is not supported: load it in bf16 "
+                         "or fp32 (load_components(..., dtype='bf16')), or move it to a GPU first.")
+    return dataclasses.replace(config, mixed_precision=mp)
+
 def place_student(student: Components, base: Components, device: torch.device, weight_dtype: torch.dtype) -> None:
     "[ours] The student's own modules on `device`: trained parameters fp32, frozen ones in `weight_dtype`; a text encoder shared with `base` stays as it is."
     for m in (student.unet, student.text_encoder):
@@ -1120,6 +1133,7 @@ class Trainer:
                  base_fingerprint: str | None = None, trackers: Sequence = ()):
         if not isinstance(concept, ConceptSpec): raise TypeError(f"concept must be a ConceptSpec, got {type(concept).__name__}.")
         if concept.instance_dir is None: raise ValueError(f"ConceptSpec {concept.name!r} has no instance_dir (folder of its images).")
+        config = precision_for_base(config, base)          # before the identity: it names the precision trained in
         self.base, self.concept, self.config, self.run_dir = base, concept, config, Path(run_dir)
         self.base_fingerprint = base_fingerprint or base.fingerprint()
         self.method = get_method(config)
@@ -1416,7 +1430,7 @@ def customize(base: Components, concept: ConceptSpec | str | Path, config: Train
               out_dir: str | Path | None = None, resume: bool = True, **overrides) -> Path:
     "Customize a copy of `base` on `concept` (a ConceptSpec or a DreamBench-named image folder) with `config` (fields overridable by keyword); returns the run folder. Finished runs are reused; `base` is never modified."
     if isinstance(concept, (str, Path)): concept = load_concept(concept)
-    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    config = precision_for_base(dataclasses.replace(config or TrainConfig(), **overrides), base)
     fp = base.fingerprint()
     identity = run_identity(fp, concept, config)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(concept, config, fp)

@@ -368,3 +368,33 @@ def test_samples_decode_with_a_vae_in_another_dtype():
     wide = T._sample(base, prompts, seeds, 2, 3.0, 'pt')
     assert wide.dtype == torch.float32 and torch.allclose(wide, ours, atol=1e-5) and not torch.equal(wide, ours)
     with pytest.raises(ValueError, match="output_type='pil'"): T._sample(base, prompts, seeds, 2, 3.0, 'pil')
+
+
+@pytest.mark.parametrize('method,variant', [('dreambooth', 'dc'), ('lora', 'plain'), ('custom_diffusion', 'dc'), ('hypermod', 'dc')])
+def test_a_bf16_base_trains_and_its_model_classifies(tmp_path, concept, prompt_file, method, variant):
+    "A bf16 base beside an fp32 VAE (load_components' default on a GPU) trains under bf16 autocast with fp32 trained parameters, leaves the base as it was, and its customized model generates and classifies; before, every step failed on the dtype mismatch."
+    import pandas as pd
+    from open_forgetting.models import save_components, load_components
+    from open_forgetting.generate import generate, GenerationSettings
+    from open_forgetting.classifier import classify, ClassifierConfig
+    save_components(tiny_components(seed=0), tmp_path / 'base')
+    base = load_components(tmp_path / 'base', dtype='bf16', device='cpu')
+    assert (base.unet.dtype, base.text_encoder.dtype, base.vae.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32)
+    fp = base.fingerprint()
+    tiny_self_init = {'self_init': {'steps': 2, 'batch_size': 1, 'eval_batch_size': 1, 'prompt_limit': 2}} if method == 'hypermod' else {}
+    run = customize(base, concept, cfg(method, variant, prompt_file, max_steps=2, dc_teacher_pool=4, method_settings=tiny_self_init),
+                    out_dir=tmp_path / 'run')
+    assert json.loads((run / 'run.json').read_text())['config']['mixed_precision'] == 'bf16' and base.fingerprint() == fp
+    trained = load_file(run / 'trained.safetensors')
+    assert trained and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in trained.values())
+    model = load_customized(base, run)
+    man = generate({'base': base, 'tuned': model}, ['a photo of a toy'], [0], GenerationSettings(steps=2, height=32, width=32),
+                   root=tmp_path / 'gen', progress=False)
+    assert len(man) == 2
+    class Two(torch.utils.data.Dataset):
+        classes, name, targets = ['toy', 'dog'], 'bf16-two', [0, 1]
+        def __len__(self): return 2
+        def __getitem__(self, i): return torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)), i
+    prompts = pd.DataFrame(dict(classname=['toy', 'dog'], classidx=[0, 1], prompt=['a photo of a toy', 'a photo of a dog']))
+    res = classify(model, Two(), prompts, ClassifierConfig(to_keep=(1,), n_samples=(4,), batch_size=8), cache=False, progress=False)
+    assert res.pred.isin([0, 1]).all() and res.attrs['config']['batch_size'] == 8
