@@ -6,8 +6,9 @@
 #      schedule (2,750 UNet evaluations per image): seconds per image and fraction of bf16 peak, against the reference
 #      loop, alternating, 3 runs each of one image (~9 s per image on an H200);
 #   2. a DreamBooth training step, plain vs DC (live teacher) vs DC with the teacher cache, SD-1.5 size;
-#   3. the full-size rehearsal at 512 px (SD-1.5, DreamBooth plain and DC, one training step each, the runner, the
-#      report: ~350 s on an H200, of which ~140 s per method x variant; the CPU rehearsal covers all four methods);
+#   3. the full-size rehearsal at 512 px (SD-1.5 in the study's default dtype, bf16 on a GPU; DreamBooth plain and DC,
+#      one training step each, the runner, the report; host and GPU peak memory): ~350 s on an H200 (in fp32), of
+#      which ~140 s per method x variant; the CPU rehearsal covers all four methods;
 #   4. lever: the classifier again with torch.compile (inductor), if at least 90 s of DEADLINE_S are left.
 # On a machine without network whose python lacks diffusers, open_clip, papermill and the kernel: fetch
 # benchmarks/gpu_wheels.txt here as cp312 manylinux wheels into .whl/ (POT 0.9.5: 0.9.7's wheel is 33 MB), carry them,

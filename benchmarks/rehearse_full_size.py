@@ -11,7 +11,8 @@ this script
 3. runs the real path through the runner (`open-forgetting run`): every method (DreamBooth, Custom Diffusion, LoRA,
    HyperMod), plain and with Drift Correction, customize + global drift (classification, generation, CLIP-I, CDI,
    KID, texture), local drift / colour / diversity for one cell, and the report; micro counts throughout;
-4. prints, per stage, the wall time and the peak resident memory of the processes that ran it, and the notebook cells
+4. prints, per stage, the wall time and the peak resident memory of the processes that ran it (on a GPU machine also
+   the peak GPU memory in use, read through NVML), and the notebook cells
    that took the most time (`runner.cell_times`: training, classification, generation, each metric).
 
     python benchmarks/rehearse_full_size.py --arch sd15 --out /tmp/rehearsal      # ~40 min target on 2 cores
@@ -143,17 +144,24 @@ def write_study(args, root: Path, base: Path, encoder: str, dino: str) -> Path:
 _MEASURE = r'''
 import json, sys, threading, time, psutil
 from open_forgetting.cli import main
-peak, me, done = [0], psutil.Process(), threading.Event()
+try:            # GPU memory in use on the machine's GPUs (NVML: every process, so run nothing else beside it)
+    import pynvml; pynvml.nvmlInit(); gpus = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+except Exception: gpus = []
+peak, gpu_peak, me, done = [0], [0], psutil.Process(), threading.Event()
 def sample():   # the whole process tree: this process and every kernel it starts (sampled every 0.2 s)
     while not done.is_set():
         total = 0
         for p in [me, *me.children(recursive=True)]:
             try: total += p.memory_info().rss
             except psutil.Error: pass
-        peak[0] = max(peak[0], total); time.sleep(0.2)
+        peak[0] = max(peak[0], total)
+        if gpus: gpu_peak[0] = max(gpu_peak[0], sum(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in gpus))
+        time.sleep(0.2)
 threading.Thread(target=sample, daemon=True).start()
 t0 = time.time(); rc = main(sys.argv[1:]); done.set()
-print('REHEARSAL ' + json.dumps(dict(rc=rc, seconds=time.time() - t0, peak_rss_gb=peak[0] / 2**30)))
+out = dict(rc=rc, seconds=time.time() - t0, peak_rss_gb=peak[0] / 2**30)
+if gpus: out['peak_gpu_gb'] = gpu_peak[0] / 2**30
+print('REHEARSAL ' + json.dumps(out))
 '''
 
 def measured(argv: list[str], env: dict) -> dict:
@@ -185,6 +193,7 @@ def rehearse(args) -> list[dict]:
             jobs = pd.read_csv(run_dir / 'jobs.csv')
             for r in jobs[(jobs.method == method) & (jobs.variant == variant)].itertuples():
                 rows.append(dict(stage=f'{r.experiment} {method}-{variant}', seconds=round(r.seconds, 1), peak_rss_gb=round(out['peak_rss_gb'], 2),
+                                 **({'peak_gpu_gb': round(out['peak_gpu_gb'], 2)} if 'peak_gpu_gb' in out else {}),
                                  status=r.status, error=getattr(r, 'error', '')))
                 print(rows[-1], flush=True)
     if args.extra_experiments:
