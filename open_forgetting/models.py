@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_models.ipynb #42aa6104
 from __future__ import annotations
-import gzip, json, os, weakref
+import contextlib, gzip, json, os, weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,16 +14,18 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .core import get_device, get_dtype, model_fingerprint, stable_hash, batched, _config_of
+from .core import (get_device, get_dtype, model_fingerprint, stable_hash, batched, _config_of, cache_dir,
+                                  load_json, atomic_save_json)
 
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'CONVERT_HINT', 'PIPELINE_SCHEDULER_FIXUP', 'weights_state', 'weights_fingerprint', 'Components',
            'tokenize', 'encode_prompts', 'encode_images', 'decode_latents', 'build_clip_tokenizer', 'sd_scheduler',
            'tiny_components', 'ModelNotAvailableError', 'UnsafeWeightsError', 'save_components', 'refuse_pickle',
-           'load_single_file', 'load_components', 'sampling_scheduler', 'to_pipeline']
+           'load_single_file', 'load_components', 'remember_weight_files', 'sampling_scheduler', 'to_pipeline']
 
 # %% ../nbs/01_models.ipynb #eacc6538
 _FP_MEMO: 'weakref.WeakKeyDictionary[torch.nn.Module, tuple]' = weakref.WeakKeyDictionary()
+_FP_FILES: 'weakref.WeakKeyDictionary[torch.nn.Module, tuple]' = weakref.WeakKeyDictionary()   # (state as loaded, disk cache file)
 
 def _tensor_state(t: torch.Tensor) -> tuple:
     "What identifies a tensor's current content cheaply: storage, in-place version counter, and 64 strided values."
@@ -48,8 +50,18 @@ def weights_fingerprint(*modules: torch.nn.Module) -> str:
     except _Uncacheable: return model_fingerprint(*modules)
     hit = _FP_MEMO.get(modules[0])
     if hit is not None and hit[0] == state: return hit[1]
-    fp = model_fingerprint(*modules)
+    loaded = _FP_FILES.get(modules[0])          # weights still exactly as `load_components` read them: the files' fingerprint
+    fp = _fingerprint_of_files(loaded[1], modules) if loaded is not None and loaded[0] == state else model_fingerprint(*modules)
     _FP_MEMO[modules[0]] = (state, fp)
+    return fp
+
+def _fingerprint_of_files(path: Path, modules: Sequence[torch.nn.Module]) -> str:
+    "`model_fingerprint(*modules)` read from `path` when an earlier process computed it for the same files, else computed and written there."
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        fp = load_json(path)['fingerprint']
+        if isinstance(fp, str) and len(fp) == 16 and all(ch in '0123456789abcdef' for ch in fp): return fp
+    fp = model_fingerprint(*modules)
+    atomic_save_json(dict(fingerprint=fp), path)
     return fp
 
 @dataclass
@@ -339,7 +351,23 @@ def load_components(source: str | Path, dtype: str | torch.dtype | None = None, 
                 f"{source}`) and pass the local folder: `load_components('/path/to/folder')`.")
         raise ModelNotAvailableError(f"Could not load model {str(source)!r} ({'offline mode' if kw['local_files_only'] else 'hub'}): "
                                      f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. {hint}") from e
-    return _components_from(unet, vae, text_encoder, tokenizer, scheduler, src, device, dtype, vae_dtype)
+    comps = _components_from(unet, vae, text_encoder, tokenizer, scheduler, src, device, dtype, vae_dtype)
+    if is_local: remember_weight_files(comps, path, dtype, vae_dtype)
+    return comps
+
+def remember_weight_files(comps: Components, folder: Path, dtype: torch.dtype, vae_dtype: torch.dtype) -> None:
+    """[ours] Let the fingerprint of weights loaded from `folder` come from a disk cache keyed by the weight and config
+    files (path, size, modification time, inode), the dtypes they were loaded in and the library versions that name
+    the tensors: SD's ~1 B parameters are hashed once per set of files, not in every process that loads them (~5 s
+    on two cores). Used only while the weights are unchanged since loading (`weights_state`)."""
+    import diffusers, transformers
+    files = sorted(p for sub in ('unet', 'vae', 'text_encoder') for p in (folder / sub).iterdir() if p.is_file())
+    stats = [(p.relative_to(folder).as_posix(), s.st_size, s.st_mtime_ns, s.st_ino) for p in files for s in [p.stat()]]
+    key = stable_hash(dict(v=1, folder=str(folder.resolve()), files=stats, dtype=str(dtype), vae_dtype=str(vae_dtype),
+                           versions=[torch.__version__, diffusers.__version__, transformers.__version__]))
+    with contextlib.suppress(_Uncacheable):
+        _FP_FILES[comps.unet] = (weights_state(comps.unet, comps.vae, comps.text_encoder),
+                                 cache_dir('weights-fingerprints') / f'{key}.json')
 
 # %% ../nbs/01_models.ipynb #26b0f7e9
 PIPELINE_SCHEDULER_FIXUP = {'steps_offset': 1, 'clip_sample': False}   # what diffusers' StableDiffusionPipeline.__init__ forces on outdated scheduler configs
