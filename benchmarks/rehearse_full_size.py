@@ -238,9 +238,10 @@ def main(argv=None):
     import pandas as pd
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
+    not_done = ~table.status.isin(['done', 'skipped (done)'])     # a resumed rehearsal skips the stages an earlier one finished
     print(f"rehearsal {args.arch}: {time.time() - t0:.0f} s in total, peak RSS {table.peak_rss_gb.max():.1f} GB, "
-          f"{(table.status != 'done').sum()} stages not done; load average at the end {os.getloadavg()}")
-    return int((table.status != 'done').any())
+          f"{not_done.sum()} stages not done; load average at the end {os.getloadavg()}")
+    return int(not_done.any())
 
 
 if __name__ == '__main__': sys.exit(main())
