@@ -135,7 +135,9 @@ def encode_images(components: Components, images: torch.Tensor, sample: bool = F
     vae = components.vae
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}.")
-    dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    # one memory layout in: the VAE's decoder returns channels-last images on a CPU, and a channels-last input takes
+    # another convolution kernel that rounds differently (~1e-6), so the same pixels gave other latents
+    dist = vae.encode(images.to(vae.device, vae.dtype).contiguous()).latent_dist
     z = dist.sample(generator) if sample else dist.mean
     shift = getattr(vae.config, 'shift_factor', None) or 0.0
     return (z - shift) * components.latent_scale

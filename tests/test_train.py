@@ -370,6 +370,17 @@ def test_samples_decode_with_a_vae_in_another_dtype():
     with pytest.raises(ValueError, match="output_type='pil'"): T._sample(base, prompts, seeds, 2, 3.0, 'pil')
 
 
+def test_class_latents_depend_on_the_pixels_not_their_memory_layout():
+    "The class images' latents are the encoding of the stored images, whatever layout the sampler left them in: the VAE's decoder returns channels-last images on a CPU, whose encoding rounded differently (~1e-6), so a change of decoding path changed DreamBooth-DC's demo numbers with the same pixels."
+    from open_forgetting.models import encode_images
+    base = tiny_components(seed=0)
+    data = T.class_images(base, 'a dog', 3, steps=2, guidance=3.0, progress=False)
+    pixels = data['images'].contiguous() * 2 - 1
+    assert torch.equal(data['latents'], encode_images(base, pixels))
+    assert torch.equal(data['latents_flipped'], encode_images(base, pixels.flip(-1)))
+    assert torch.equal(encode_images(base, pixels.contiguous(memory_format=torch.channels_last)), data['latents'])
+
+
 @pytest.mark.parametrize('method,variant', [('dreambooth', 'dc'), ('lora', 'plain'), ('custom_diffusion', 'dc'), ('hypermod', 'dc')])
 def test_a_bf16_base_trains_and_its_model_classifies(tmp_path, concept, prompt_file, method, variant):
     "A bf16 base beside an fp32 VAE (load_components' default on a GPU) trains under bf16 autocast with fp32 trained parameters, leaves the base as it was, and its customized model generates and classifies; before, every step failed on the dtype mismatch."
