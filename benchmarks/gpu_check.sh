@@ -15,11 +15,19 @@
 # `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` there, PYTHONPATH=/tmp/site:$PWD PY=python3.
 # Usage: bash benchmarks/gpu_check.sh [LOG_DIR]   (each section's full log is written to LOG_DIR; the rehearsal's
 # models and runs go to $REHEARSAL_DIR, default /tmp/gpu_rehearsal, so that they do not land among the logs)
+# SECTIONS picks and orders sections 1-4 (default: "classifier train rehearsal compile"): a lease shorter than the
+# whole script runs what is still unmeasured first, e.g. SECTIONS="train compile rehearsal" (sections 1 and 3 ran on
+# the H200 on 2026-12-04; 2 failed on a bug fixed since, 4 timed out compiling).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${1:-${OUT:-/tmp/gpu_check}}; mkdir -p "$LOG"
 REHEARSAL_DIR=${REHEARSAL_DIR:-/tmp/gpu_rehearsal}
 PY=${PY:-.venv/bin/python}; [ -x "$PY" ] || PY=python3
+SECTIONS=${SECTIONS:-classifier train rehearsal compile}
+for s in $SECTIONS; do   # checked before anything runs
+    case $s in classifier|train|rehearsal|compile) ;;
+    *) echo "gpu_check: unknown section '$s' in SECTIONS=\"$SECTIONS\": use classifier, train, rehearsal, compile"; exit 2 ;; esac
+done
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OPEN_FORGETTING_DEVICE=cuda PYTHONUNBUFFERED=1
 echo "gpu_check: $(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
@@ -34,16 +42,25 @@ echo "== 0. imports =="
 $PY -c "import open_forgetting.study, open_forgetting.classifier, open_forgetting.train, open_forgetting.runner, diffusers, open_clip, \
 transformers, papermill, ipykernel, ot; print('imports ok: diffusers', diffusers.__version__, 'transformers', transformers.__version__)" || exit 1
 
-echo "== 1. classifier, SD-1.5-size UNet, bf16 =="
-section classifier 120 $PY benchmarks/classifier.py --device cuda --sd15 --runs 3 --images 1
-echo "== 2. training step, SD-1.5 size: plain vs DC vs DC with the teacher cache =="
-section train 120 $PY benchmarks/train.py --gpu --methods dreambooth --variants plain dc dc_cached --runs 3 --steps 3
-echo "== 3. full-size rehearsal, SD-1.5 at 512 px =="
-section rehearsal 330 $PY benchmarks/rehearse_full_size.py --arch sd15 --out "$REHEARSAL_DIR" --train-resolution 512 \
-    --classifier-resolution 512 --generation-resolution 512 --methods dreambooth --variants plain,dc --extra-experiments ""
-left=$(( ${DEADLINE_S:-900} - SECONDS ))   # DEADLINE_S: seconds this script may take in all (a lease's limit)
-if [ "$left" -ge 90 ]; then
-    echo "== 4. lever: classifier with torch.compile =="
-    section classifier_compile $(( left < 200 ? left : 200 )) $PY benchmarks/classifier.py --device cuda --sd15 --runs 3 --images 1 --compile
-else echo "== 4. skipped: $left s of DEADLINE_S left =="; fi
+classifier() {
+    echo "== 1. classifier, SD-1.5-size UNet, bf16 =="
+    section classifier 120 $PY benchmarks/classifier.py --device cuda --sd15 --runs 3 --images 1
+}
+train() {
+    echo "== 2. training step, SD-1.5 size: plain vs DC vs DC with the teacher cache =="
+    section train 120 $PY benchmarks/train.py --gpu --methods dreambooth --variants plain dc dc_cached --runs 3 --steps 3
+}
+rehearsal() {
+    echo "== 3. full-size rehearsal, SD-1.5 at 512 px =="
+    section rehearsal 330 $PY benchmarks/rehearse_full_size.py --arch sd15 --out "$REHEARSAL_DIR" --train-resolution 512 \
+        --classifier-resolution 512 --generation-resolution 512 --methods dreambooth --variants plain,dc --extra-experiments ""
+}
+compile() {
+    local left=$(( ${DEADLINE_S:-900} - SECONDS ))   # DEADLINE_S: seconds this script may take in all (a lease's limit)
+    if [ "$left" -ge 90 ]; then
+        echo "== 4. lever: classifier with torch.compile =="
+        section classifier_compile $(( left < 200 ? left : 200 )) $PY benchmarks/classifier.py --device cuda --sd15 --runs 3 --images 1 --compile
+    else echo "== 4. skipped: $left s of DEADLINE_S left =="; fi
+}
+for s in $SECTIONS; do $s; done
 echo "gpu_check: done $(date -u +%FT%TZ)"
