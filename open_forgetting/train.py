@@ -984,15 +984,13 @@ class TrainingData:
         return torch.cat(zs)[:n], torch.cat(ts)[:n], torch.cat(ids)[:n]
 
     def reg_latents_digest(self) -> str:
-        "SHA-256 of the latents DC's Z_reg draws from (its content keys the teacher pool) [ours]."
+        "Fingerprint (names, dtypes, shapes and bytes: `core.model_fingerprint`) of the latents DC's Z_reg draws from; it keys the teacher pool [ours]."
         c = self.config
-        src = {'batch': lambda: [self.instance_latents, self.instance_latents_flipped] + (
-                   [self.class_data['latents'], self.class_data['latents_flipped']] if c.uses_prior else []),
-               'prior': lambda: [self.class_data['latents']], 'noise': lambda: [],
-               'replay': lambda: [self.replay, self.replay_prompt_idx]}[c.dc_latents]()
-        h = hashlib.sha256()
-        for x in src: h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        src = {'batch': lambda: dict(instance=self.instance_latents, instance_flipped=self.instance_latents_flipped, **(
+                   dict(prior=self.class_data['latents'], prior_flipped=self.class_data['latents_flipped']) if c.uses_prior else {})),
+               'prior': lambda: dict(prior=self.class_data['latents']), 'noise': lambda: {},
+               'replay': lambda: dict(replay=self.replay, replay_prompt=self.replay_prompt_idx)}[c.dc_latents]()
+        return model_fingerprint(src, length=64)
 
 def shard_rows(x: Tensor, blocks: int, rank: int, processes: int) -> Tensor:
     "[ours] Process `rank`'s rows of a global batch `x` made of `blocks` equal blocks (e.g. instance | class), each holding the processes' rows in turn."
