@@ -23,6 +23,10 @@ threads): build + save 25.8 s; customize 77.2 s and 80.2 s, global drift 82.1 s 
 and 57.1 s; report 20.9 s; host peak RSS 12.3 GB. At these micro counts most of it is fixed cost: per notebook,
 imports and loading the 4 GB model (the slowest cells: global_drift's first, 34 s; customize's imports, 15 s).
 
+On this 2-core CPU (2026-12-05, the library of 2e869b6, 2 threads, load 0.22 at the start, nothing else running): SD-1.5, all
+eight method x variant runs, the extra experiments and the report in 3,323 s, 0 stages not done, peak RSS 18.7 GB
+(DreamBooth); 39% of the cell time is classification (152 s per model at 256 px), 31% training (120 s per run).
+
 Numbers measured under load are no result: check the load average it prints."""
 from __future__ import annotations
 import argparse, json, os, resource, subprocess, sys, time
