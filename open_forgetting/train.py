@@ -985,11 +985,12 @@ class TrainingData:
 
     def reg_latents_digest(self) -> str:
         "Fingerprint (names, dtypes, shapes and bytes: `core.model_fingerprint`) of the latents DC's Z_reg draws from; it keys the teacher pool [ours]."
-        c = self.config
-        src = {'batch': lambda: dict(instance=self.instance_latents, instance_flipped=self.instance_latents_flipped, **(
-                   dict(prior=self.class_data['latents'], prior_flipped=self.class_data['latents_flipped']) if c.uses_prior else {})),
-               'prior': lambda: dict(prior=self.class_data['latents']), 'noise': lambda: {},
-               'replay': lambda: dict(replay=self.replay, replay_prompt=self.replay_prompt_idx)}[c.dc_latents]()
+        c, src = self.config, {}                               # 'noise': no latents
+        if c.dc_latents == 'batch':
+            src = dict(instance=self.instance_latents, instance_flipped=self.instance_latents_flipped)
+            if c.uses_prior: src.update(prior=self.class_data['latents'], prior_flipped=self.class_data['latents_flipped'])
+        elif c.dc_latents == 'prior': src = dict(prior=self.class_data['latents'])
+        elif c.dc_latents == 'replay': src = dict(replay=self.replay, replay_prompt=self.replay_prompt_idx)
         return model_fingerprint(src, length=64)
 
 def shard_rows(x: Tensor, blocks: int, rank: int, processes: int) -> Tensor:
