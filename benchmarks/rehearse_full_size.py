@@ -26,6 +26,10 @@ imports and loading the 4 GB model (the slowest cells: global_drift's first, 34 
 On this 2-core CPU (2026-12-05, the library of 2e869b6, 2 threads, load 0.22 at the start, nothing else running): SD-1.5, all
 eight method x variant runs, the extra experiments and the report in 3,323 s, 0 stages not done, peak RSS 18.7 GB
 (DreamBooth); 39% of the cell time is classification (152 s per model at 256 px), 31% training (120 s per run).
+SD-2.1 (2026-12-05, the library of e85af9e, 2 threads, load 0.32 at the start, nothing else running; train at 768 px,
+classify and generate at 256 px): all eight runs, the extra experiments and the report in 4,987 s, 0 stages not done,
+peak RSS 19.6 GB (DreamBooth plain, 768 px); 53% of the cell time is training (316 s per run), 27% classification
+(160 s per model). Neither architecture meets the 40-minute target on 2 cores; both stay under 20 GB.
 
 Numbers measured under load are no result: check the load average it prints."""
 from __future__ import annotations
