@@ -133,13 +133,13 @@ def main(argv=None):
     p.add_argument('--tensor-bytes', action='store_true', help='also the peak bytes of live tensors (what a GPU would hold; slower)')
     p.add_argument('--free-gib', type=float, default=0.0, help="free memory the training's memory rules see, GiB (0: this machine's)")
     a = p.parse_args(argv)
+    if a.free_gib < 0: raise SystemExit(f'--free-gib must be >= 0 (0: the free memory of this machine), got {a.free_gib}.')
     sys.path.insert(0, str(Path(__file__).parent))
     from rehearse_full_size import build_full_size, write_concept
     root = Path(a.out).expanduser() / a.arch; root.mkdir(parents=True, exist_ok=True)
     base = build_full_size(a.arch, root / 'base')
     concept = write_concept(root / 'concepts') / 'dog'
     env = {**os.environ, 'OPEN_FORGETTING_HOME': str(root / 'home-memory'), 'HF_HUB_OFFLINE': '1'}
-    if a.free_gib < 0: raise SystemExit(f'--free-gib must be >= 0 (0: the free memory of this machine), got {a.free_gib}.')
     free = f'{a.free_gib:g} GiB (emulated)' if a.free_gib else "this machine's"
     print(f'train_memory {a.arch}: {a.resolution} px, {a.steps} steps, free memory seen by the rules: {free}; '
           f"torch threads from OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {os.getloadavg()}", flush=True)
